@@ -1,0 +1,168 @@
+"""Emulator: VIVOTEK SC8131 people counters pushing "Report Push" JSON over MQTT (paho-mqtt).
+
+Each emulated camera reports one document per interval with In/Out deltas for each counting rule
+(device-protocols.md §4.4), StartTime aligned to the interval. Knobs: number of cameras, rules per
+camera, interval, publish rate, duplicates (a bucket re-sent, as after a camera's HTTP retry),
+garbage (broken JSON). It keeps the ground truth — total entries/exits per (camera, rule) — so
+tests can compare InfluxDB against what "really" crossed.
+
+Run: python firmware-stubs/vivotek_counter.py --port 1883 --cameras 3 --rate 5 --count 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import orjson
+
+
+def _iso(ts_s: int) -> str:
+    return datetime.fromtimestamp(ts_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def report_payload(mac: str, start_s: int, interval_s: int, counts: dict[str, tuple[int, int]]) -> bytes:
+    """One Report Push document (the manual's JSON shape) for the interval starting at start_s."""
+    return orjson.dumps(
+        {
+            "Source": {
+                "UtcTime": _iso(start_s + interval_s),
+                "GroupID": "0",
+                "DeviceID": "0",
+                "ModelName": "SC8131",
+                "MacAddress": mac,
+                "IPAddress": "192.0.2.10",
+                "TimeZone": "+8",
+                "DST": "0",
+            },
+            "Data": [
+                {
+                    "RuleType": "Counting",
+                    "CountingInfo": [
+                        {
+                            "RuleName": rule,
+                            "In": i,
+                            "Out": o,
+                            "StartTime": _iso(start_s),
+                            "EndTime": _iso(start_s + interval_s),
+                        }
+                        for rule, (i, o) in counts.items()
+                    ],
+                }
+            ],
+        }
+    )
+
+
+@dataclass
+class Street:
+    """A set of cameras and their ground truth."""
+
+    cameras: list[str]
+    topic_template: str = "vivotek/{camera}/report"
+    rules: tuple[str, ...] = ("Counting1",)
+    interval_s: int = 900
+    start_s: int = 1_700_000_000 - 1_700_000_000 % 900
+    seed: int = 1
+    max_per_interval: int = 30
+    duplicate_ratio: float = 0.0
+    garbage_ratio: float = 0.0
+    truth: Counter = field(default_factory=Counter)  # (camera, rule, "in"/"out") → people
+    reports: int = 0  # distinct reports (identities)
+    sent: int = 0  # messages published, duplicates and garbage included
+
+    def topic(self, camera: str) -> str:
+        return self.topic_template.format(camera=camera)
+
+    def messages(self, count: int) -> Iterator[tuple[str, bytes]]:
+        """`count` distinct reports round-robin over the cameras, plus duplicates and garbage."""
+        rng = random.Random(self.seed)
+        for n in range(count):
+            camera = self.cameras[n % len(self.cameras)]
+            start = self.start_s + (n // len(self.cameras)) * self.interval_s
+            counts = {r: (rng.randint(0, self.max_per_interval), rng.randint(0, self.max_per_interval)) for r in self.rules}
+            for rule, (i, o) in counts.items():
+                self.truth[(camera, rule, "in")] += i
+                self.truth[(camera, rule, "out")] += o
+            payload = report_payload(f"00:02:81:31:{n % 256:02X}:{len(camera):02X}", start, self.interval_s, counts)
+            self.reports += 1
+            yield self.topic(camera), payload
+            if self.duplicate_ratio and rng.random() < self.duplicate_ratio:
+                yield self.topic(camera), payload
+            if self.garbage_ratio and rng.random() < self.garbage_ratio:
+                yield self.topic(camera), b'{"Data": [{"RuleType": "Counting", "CountingInfo": [{"In": '
+
+
+def publish_all(host: str, port: int, messages: Iterator[tuple[str, bytes]], *, rate: float = 0.0,
+                qos: int = 1, client_id: str = "", stop: threading.Event | None = None) -> int:
+    """Publish with paho-mqtt (what real devices use), QoS 1, paced at `rate` msg/s (0 = as fast as
+    the broker takes them). Returns how many were acknowledged by the broker."""
+    import paho.mqtt.client as mqtt
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    client.connect(host, port, keepalive=30)
+    client.loop_start()
+    infos = []
+    sent = 0
+    t0 = time.monotonic()
+    try:
+        for topic, payload in messages:
+            if stop is not None and stop.is_set():
+                break
+            infos.append(client.publish(topic, payload, qos=qos))
+            sent += 1
+            if rate > 0:
+                delay = t0 + sent / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+        for info in infos:
+            info.wait_for_publish(timeout=60)
+        return sum(1 for i in infos if i.is_published())
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=1883)
+    ap.add_argument("--cameras", type=int, default=3)
+    ap.add_argument("--camera-prefix", default="cam-")
+    ap.add_argument("--topic-template", default="vivotek/{camera}/report")
+    ap.add_argument("--rate", type=float, default=2.0, help="messages per second (0 = as fast as possible)")
+    ap.add_argument("--count", type=int, default=0, help="reports to send (0 = until stopped)")
+    ap.add_argument("--interval-s", type=int, default=60)
+    ap.add_argument("--live", action="store_true", help="start at the current interval instead of 2023")
+    ap.add_argument("--duplicates", type=float, default=0.0)
+    ap.add_argument("--garbage", type=float, default=0.0)
+    args = ap.parse_args()
+    street = Street(
+        cameras=[f"{args.camera_prefix}{i + 1:02d}" for i in range(args.cameras)],
+        topic_template=args.topic_template,
+        rules=("Counting1", "Counting2"),
+        interval_s=args.interval_s,
+        duplicate_ratio=args.duplicates,
+        garbage_ratio=args.garbage,
+    )
+    if args.live:
+        now = int(time.time())
+        street.start_s = now - now % args.interval_s
+    count = args.count or 10**12
+    try:
+        acked = publish_all(args.host, args.port, street.messages(count), rate=args.rate, client_id="")
+    except KeyboardInterrupt:
+        acked = -1
+    print(orjson.dumps({"reports": street.reports, "acked": acked}).decode())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""`sdgw`: the gateway's command line (run, config check, buffer stats, devices, decode)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+
+from devices.events import Reject
+from devices.registry import MODELS, PayloadKind
+from gateway.config import ConfigError, GatewayConfig, load_config
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Smart District Gateway")
+config_app = typer.Typer(no_args_is_help=True, help="Configuration tools")
+buffer_app = typer.Typer(no_args_is_help=True, help="The durable log")
+app.add_typer(config_app, name="config")
+app.add_typer(buffer_app, name="buffer")
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="the gateway's TOML file")]
+
+
+def _load(path: Path) -> GatewayConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        typer.echo(f"{len(exc.problems)} problem(s) in {exc.path}:", err=True)
+        for p in exc.problems:
+            typer.echo(f"  {p.key}: expected {p.expected}; found {p.found}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def run(config: ConfigOpt, log_level: str = "INFO") -> None:
+    """Run the gateway: MQTT intake, the durable log and the InfluxDB sinks."""
+    from gateway.logsetup import setup_logging
+    from gateway.runtime import Gateway
+
+    cfg = _load(config)
+    setup_logging(log_level)
+    asyncio.run(Gateway(cfg).run())
+
+
+@config_app.command("check")
+def config_check(config: ConfigOpt) -> None:
+    """Check a config file: every problem with its key, what was found and what was expected."""
+    cfg = _load(config)
+    typer.echo(
+        f"{config}: OK — gateway {cfg.gateway.id} on {cfg.gateway.street}, {len(cfg.devices)} device(s), "
+        f"{len(cfg.sinks)} sink(s)"
+    )
+
+
+@buffer_app.command("stats")
+def buffer_stats(config: ConfigOpt, json: bool = typer.Option(False, "--json")) -> None:
+    """Depth and oldest pending age per sink, dead letters by reason, records waiting for a clock."""
+    from gateway.log.inspect import buffer_stats as stats
+
+    cfg = _load(config)
+    try:
+        doc = stats(cfg.log_path, [s.name for s in cfg.sinks])
+    except (FileNotFoundError, RuntimeError) as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    if json:
+        typer.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+        return
+    typer.echo(f"log {doc['log']}: {doc['records']} records, {doc['used_bytes']} bytes used")
+    for name, s in doc["sinks"].items():
+        age = "-" if s["oldest_pending_age_s"] is None else f"{s['oldest_pending_age_s']:.1f} s"
+        typer.echo(f"  sink {name}: {s['pending']} pending, oldest {age}")
+    typer.echo("  dead letters: " + (", ".join(f"{k}={v}" for k, v in doc["dead_letters"].items()) or "none"))
+    for boot, w in doc["waiting_for_clock"].items():
+        state = "synchronised later" if w["boot_synchronised"] else "never synchronised: kept, not sent"
+        typer.echo(f"  waiting for a clock: {w['records']} from boot {boot} ({state})")
+    typer.echo(
+        "  compaction/drops: " + (", ".join(f"{k}={v}" for k, v in doc["compaction_and_drops"].items()) or "none")
+    )
+
+
+@app.command()
+def devices() -> None:
+    """List the supported device models."""
+    rows = [("MODEL", "TRANSPORT", "PROTOCOL", "EMITS")]
+    for m in MODELS.values():
+        rows.append((m.name, ",".join(m.transports), m.protocol, m.emits))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        typer.echo("  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3])
+
+
+def _event_json(event) -> bytes:
+    return orjson.dumps({"event": type(event).__name__, **dataclasses.asdict(event)})
+
+
+@app.command()
+def decode(
+    payload: Annotated[str, typer.Argument(help="hex for serial frames, JSON text for MQTT payloads, - for stdin")],
+    device: Annotated[str, typer.Option("--device", "-d", help="a model name from `sdgw devices`")],
+) -> None:
+    """Decode a captured payload with the gateway's own codec; print its events as JSON lines."""
+    model = MODELS.get(device)
+    if model is None:
+        typer.echo(f"unknown device model {device!r}; `sdgw devices` lists them", err=True)
+        raise typer.Exit(2)
+    text = sys.stdin.read() if payload == "-" else payload
+    if model.payload is PayloadKind.BINARY:
+        try:
+            data = bytes.fromhex("".join(text.split()))
+        except ValueError:
+            typer.echo(f"{device} takes hex (e.g. '02 30 31 …'): not valid hex", err=True)
+            raise typer.Exit(2) from None
+    else:
+        data = text.encode("utf-8", "surrogateescape")
+    import time
+
+    result = model.decode(data, received_ns=time.time_ns())
+    if isinstance(result, Reject):
+        typer.echo(f"rejected: {result.reason.value}: {result.detail}", err=True)
+        raise typer.Exit(1)
+    for event in result:
+        sys.stdout.write(_event_json(event).decode() + "\n")
+    if not result:
+        typer.echo("decoded, but the payload holds no events the gateway records", err=True)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""codec → processors → stamped, encoded records for one source's batch (decisions.md D1, D8).
+
+Everything here is plain data in, data out: the transport hands in payloads with the clock reading
+of their arrival; what comes out is an `AppendBatch` for the log. Rejects become dead letters and
+per-device counts; they never stop the batch.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from devices.events import CounterInterval, Reject, RejectReason
+from devices.registry import lookup
+from gateway.config import DeviceConfig, GatewayConfig
+from gateway.log.store import AppendBatch, DeadLetter, NewRecord
+from gateway.processors import footfall
+from gateway.records import RecordDraft
+from gateway.sinks.lineproto import LineProtocolError, encode_head
+
+
+@dataclass
+class DeviceStats:
+    messages: int = 0
+    events: int = 0
+    records: int = 0
+    rejects: Counter = field(default_factory=Counter)  # reason → count
+    last_seen_wall_ns: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """When a batch arrived: wall and monotonic time, and whether wall time may be used (D8)."""
+
+    wall_ns: int
+    mono_ns: int
+    boot_id: str
+    wall_trusted: bool
+
+
+class TopicRouter:
+    """MQTT topic → the device configured on it (exact topics first, then filters in config order)."""
+
+    def __init__(self, devices: list[DeviceConfig]) -> None:
+        self.exact: dict[str, DeviceConfig] = {}
+        self.filters: list[tuple[list[str], DeviceConfig]] = []
+        for d in devices:
+            if d.transport != "mqtt" or not d.topic:
+                continue
+            if "+" in d.topic or "#" in d.topic:
+                self.filters.append((d.topic.split("/"), d))
+            else:
+                self.exact[d.topic] = d
+
+    def subscriptions(self) -> list[str]:
+        return [*self.exact, *("/".join(f) for f, _ in self.filters)]
+
+    def route(self, topic: str) -> DeviceConfig | None:
+        found = self.exact.get(topic)
+        if found is not None or not self.filters:
+            return found
+        levels = topic.split("/")
+        for pattern, device in self.filters:
+            if _matches(pattern, levels):
+                return device
+        return None
+
+
+def _matches(pattern: list[str], levels: list[str]) -> bool:
+    for i, p in enumerate(pattern):
+        if p == "#":
+            return True
+        if i >= len(levels) or (p != "+" and p != levels[i]):
+            return False
+    return len(pattern) == len(levels)
+
+
+class Pipeline:
+    def __init__(self, config: GatewayConfig) -> None:
+        g = config.gateway
+        self.router = TopicRouter(config.devices)
+        self.base_tags: dict[str, dict[str, str]] = {}
+        self.stats: dict[str, DeviceStats] = {}
+        for d in config.devices:
+            tags = {"district": g.district, "street": g.street, "gateway": g.id, "device": d.id}
+            if d.site:
+                tags["site"] = d.site
+            self.base_tags[d.id] = tags
+            self.stats[d.id] = DeviceStats()
+        self.unrouted = 0
+        self.unencodable = 0
+
+    def drafts(self, device: DeviceConfig, events: list) -> list[RecordDraft]:
+        tags = self.base_tags[device.id]
+        out = []
+        for ev in events:
+            if isinstance(ev, CounterInterval):
+                out.append(footfall.interval_draft(tags, device.id, ev))
+        return out
+
+    def decode_into(self, batch: AppendBatch, device: DeviceConfig, payload: bytes, arrival: Arrival) -> None:
+        """Decode one payload of `device` and add its records (or its dead letter) to `batch`."""
+        st = self.stats[device.id]
+        st.messages += 1
+        st.last_seen_wall_ns = arrival.wall_ns
+        result = lookup(device.model).decode(payload, received_ns=arrival.wall_ns)
+        if isinstance(result, Reject):
+            st.rejects[result.reason.value] += 1
+            batch.dead_letters.append(
+                DeadLetter(f"device:{device.id}", result.reason.value, result.detail, result.raw or payload)
+            )
+            return
+        st.events += len(result)
+        trusted = device.device_time_trusted
+        for index, draft in enumerate(self.drafts(device, result)):
+            try:
+                head = encode_head(draft.measurement, draft.tags, draft.fields)
+            except LineProtocolError as exc:
+                self.unencodable += 1
+                st.rejects["unencodable"] += 1
+                batch.dead_letters.append(DeadLetter(f"device:{device.id}", "unencodable", str(exc), payload))
+                continue
+            rec = NewRecord(draft.measurement, head, None, draft.identity, draft.klass)
+            if trusted and draft.device_ts_ns is not None:
+                rec.ts_ns = draft.device_ts_ns
+            elif arrival.wall_trusted:
+                # D8: unique within the series, derived from the message (index), not a counter
+                rec.ts_ns = arrival.wall_ns + index
+            else:
+                rec.mono_ns = arrival.mono_ns + index
+            batch.records.append(rec)
+            st.records += 1
+
+    def mqtt_batch(self, messages: list, arrival: Arrival) -> AppendBatch:
+        """All PUBLISHes of one received chunk → one append (committed before any PUBACK)."""
+        batch = AppendBatch(boot_id=arrival.boot_id, pausable=True)
+        route = self.router.route
+        for msg in messages:
+            device = route(msg.topic)
+            if device is None:
+                self.unrouted += 1
+                batch.dead_letters.append(
+                    DeadLetter("mqtt", RejectReason.UNSUPPORTED.value, f"no device on topic {msg.topic[:200]}", b"")
+                )
+                continue
+            self.decode_into(batch, device, msg.payload, arrival)
+        return batch

@@ -1,0 +1,195 @@
+"""The supervisor: one TaskGroup, start-up and shutdown order.
+
+Start: open the log (recovering a torn tail), start the clock monitor, the sinks, then the MQTT
+source. Stop (SIGTERM/SIGINT): stop reading MQTT, let the log commit what is in flight, send those
+PUBACKs, DISCONNECT (decisions.md D4), then stop the sinks and close the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import ssl
+import time
+from datetime import UTC, datetime
+
+import orjson
+
+from gateway import __version__
+from gateway.clock import ClockSource, clock_for
+from gateway.clock_monitor import ClockMonitor
+from gateway.config import GatewayConfig, MqttConfig, read_secret
+from gateway.log.schema import RecordClass
+from gateway.log.store import AppendBatch, AppendResult, DurableLog, NewRecord
+from gateway.pipeline import Pipeline
+from gateway.sinks.lineproto import encode_head
+from gateway.sinks.runner import SinkRunner, runners_for
+from gateway.sources.mqtt_client import AckToken, InboundMessage, MqttClient, MqttMessageSpec, MqttOptions
+
+log = logging.getLogger("sdgw.runtime")
+
+
+def status_topic(config: GatewayConfig) -> str:
+    g = config.gateway
+    return f"sdgw/{g.district}/{g.street}/{g.id}/status"
+
+
+def _rfc3339(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _status(state: str, since_ns: int) -> bytes:
+    return orjson.dumps({"state": state, "since": _rfc3339(since_ns), "version": __version__})
+
+
+def tls_context(cfg: MqttConfig) -> ssl.SSLContext | None:
+    if not cfg.tls.enabled:
+        return None
+    ctx = ssl.create_default_context(cafile=str(cfg.tls.ca_file) if cfg.tls.ca_file else None)
+    if cfg.tls.cert_file:
+        ctx.load_cert_chain(str(cfg.tls.cert_file), str(cfg.tls.key_file) if cfg.tls.key_file else None)
+    if cfg.tls.insecure_skip_verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+class MqttIngest:
+    """Glue between the MQTT client and the log: a chunk's messages → one append → its PUBACKs."""
+
+    def __init__(self, pipeline: Pipeline, durable_log: DurableLog, monitor: ClockMonitor) -> None:
+        self.pipeline = pipeline
+        self.log = durable_log
+        self.monitor = monitor
+        self.client: MqttClient | None = None
+        self.in_flight = 0
+        self.append_errors = 0
+
+    def on_batch(self, messages: list[InboundMessage], token: AckToken) -> None:
+        batch = self.pipeline.mqtt_batch(messages, self.monitor.arrival())
+        self.in_flight += 1
+        self.log.submit(batch, lambda result: self._committed(result, token))
+
+    def _committed(self, result: AppendResult | BaseException, token: AckToken) -> None:
+        self.in_flight -= 1
+        if isinstance(result, BaseException):
+            # Not committed: no PUBACK, so the broker redelivers after the reconnect we force.
+            self.append_errors += 1
+            log.error("append failed, messages left unacknowledged: %s", result)
+            return
+        assert self.client is not None
+        self.client.ack(token)
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, *, clock_source: ClockSource | None = None) -> None:
+        self.config = config
+        c = config.log
+        self.log = DurableLog(
+            config.log_path,
+            sinks=[s.name for s in config.sinks],
+            cap_bytes=c.cap_bytes,
+            pause_ratio=c.pause_ratio,
+            resume_ratio=c.resume_ratio,
+            batch_max_records=c.batch_max_records,
+            dead_letter_cap=c.dead_letter_cap,
+            prune_interval_s=c.prune_interval_s,
+        )
+        self.clock_source = clock_source or clock_for(
+            config.clock.sync_check, str(config.clock.flag_file) if config.clock.flag_file else None
+        )
+        self.pipeline = Pipeline(config)
+        self.sinks: list[SinkRunner] = []
+        self.mqtt: MqttClient | None = None
+        self.monitor: ClockMonitor | None = None
+        self.ingest: MqttIngest | None = None
+        self.started_mono = time.monotonic()
+        self._stop = asyncio.Event()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def _mqtt_client(self) -> MqttClient:
+        cfg = self.config.mqtt
+        assert cfg is not None and self.ingest is not None
+        now = time.time_ns()
+        topic = status_topic(self.config)
+        options = MqttOptions(
+            host=cfg.host,
+            port=cfg.port,
+            client_id=self.config.mqtt_client_id,
+            username=cfg.username,
+            password=read_secret(file=cfg.password_file, env="SDGW_MQTT_PASSWORD", what="mqtt.password_file"),
+            ssl=tls_context(cfg),
+            keepalive_s=cfg.keepalive_s,
+            session_expiry_s=cfg.session_expiry_s,
+            receive_max=cfg.receive_max,
+            max_packet_bytes=cfg.max_packet_bytes,
+            subscriptions=tuple((t, 1) for t in self.pipeline.router.subscriptions()),
+            will=MqttMessageSpec(topic, _status("offline", now), qos=1, retain=True),
+            birth=MqttMessageSpec(topic, _status("online", now), qos=1, retain=True),
+            reconnect_max_s=cfg.reconnect_max_s,
+        )
+        return MqttClient(options, self.ingest.on_batch, logger=logging.getLogger("sdgw.mqtt"))
+
+    async def _heartbeat(self) -> None:
+        g = self.config.gateway
+        tags = {"district": g.district, "street": g.street, "gateway": g.id}
+        assert self.monitor is not None
+        while True:
+            await asyncio.sleep(self.config.status.heartbeat_s)
+            arrival = self.monitor.arrival()
+            fields: dict = {
+                "uptime_s": int(time.monotonic() - self.started_mono),
+                "log_bytes": self.log.stats.used_bytes,
+                "clock_synchronised": self.monitor.synchronised,
+                "dead_letters": self.log.stats.dead_letters,
+            }
+            for sink in self.sinks:
+                fields[f"pending_{sink.name}"] = self.log.pending_count(sink.name)
+            rec = NewRecord("gateway_health", encode_head("gateway_health", tags, fields), None, None, RecordClass.HEALTH)
+            if arrival.wall_trusted:
+                rec.ts_ns = arrival.wall_ns
+            else:
+                rec.mono_ns = arrival.mono_ns
+            await self.log.append(AppendBatch(records=[rec], boot_id=arrival.boot_id))
+
+    def _on_pressure(self, paused: bool) -> None:
+        if self.mqtt is not None:
+            (self.mqtt.pause if paused else self.mqtt.resume)()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.request_stop)
+        self.log.open(loop)
+        c = self.config.clock
+        self.monitor = ClockMonitor(self.clock_source, self.log, poll_s=c.poll_s, jump_threshold_s=c.jump_threshold_s)
+        self.sinks = [*runners_for(self.config, self.log)]
+        self.ingest = MqttIngest(self.pipeline, self.log, self.monitor)
+        if self.config.mqtt is not None:
+            self.mqtt = self._mqtt_client()
+            self.ingest.client = self.mqtt
+            self.log.on_pressure(self._on_pressure)
+            if self.log.paused:
+                self.mqtt.pause()
+        log.warning("gateway %s starting (log %s)", self.config.gateway.id, self.config.log_path)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = [tg.create_task(self.monitor.run(), name="clock-monitor")]
+                tasks += [tg.create_task(s.run(), name=f"sink-{s.name}") for s in self.sinks]
+                tasks.append(tg.create_task(self._heartbeat(), name="heartbeat"))
+                if self.mqtt is not None:
+                    tasks.append(tg.create_task(self.mqtt.run(), name="mqtt"))
+                await self._stop.wait()
+                log.warning("gateway stopping")
+                if self.mqtt is not None:
+                    await self.mqtt.shutdown(timeout_s=5.0)
+                for t in tasks:
+                    t.cancel()
+        finally:
+            await self.log.aclose()
+            log.warning("gateway stopped")

@@ -1,0 +1,119 @@
+"""One sink: read what its cursor has not passed, write it to InfluxDB, advance after a 2xx.
+
+Each sink has its own cursor and task, so one InfluxDB being down never holds another back. A batch
+goes out when `batch_size` records are pending or the oldest pending has waited `flush_interval_s`.
+The answer is classified once (influx_http.classify); lines the server rejects go to dead letters
+with its message, and only then does the cursor move past them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from gateway.config import GatewayConfig, SinkConfig, read_secret, sink_env_name
+from gateway.log.store import DeadLetter, DurableLog
+from gateway.sinks.influx_http import Dialect, InfluxTarget, InfluxWriter, deliver
+
+log = logging.getLogger("sdgw.sink")
+
+
+@dataclass
+class SinkStats:
+    records_sent: int = 0
+    records_rejected: int = 0
+    batches: int = 0
+    healthy: bool = True
+    last_error: str = ""
+    unhealthy_since: float | None = None
+    last_success_wall_ns: int = 0
+
+
+def target_for(cfg: SinkConfig) -> InfluxTarget:
+    return InfluxTarget(
+        name=cfg.name,
+        url=cfg.url.rstrip("/"),
+        dialect=Dialect(cfg.dialect),
+        database=cfg.database,
+        retention_policy=cfg.retention_policy,
+        org=cfg.org,
+        bucket=cfg.bucket,
+        username=cfg.username,
+        password=read_secret(file=cfg.password_file, env=sink_env_name(cfg.name, "PASSWORD"), what="password_file"),
+        token=read_secret(file=cfg.token_file, env=sink_env_name(cfg.name, "TOKEN"), what="token_file"),
+        gzip=cfg.gzip,
+        timeout_s=cfg.timeout_s,
+    )
+
+
+class SinkRunner:
+    def __init__(self, cfg: SinkConfig, durable_log: DurableLog, writer: InfluxWriter | None = None) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self.log = durable_log
+        self.writer = writer or InfluxWriter(target_for(cfg))
+        self.stats = SinkStats()
+        self._wake = asyncio.Event()
+        durable_log.on_commit(self._wake.set)
+
+    def _on_health(self, healthy: bool, reason: str) -> None:
+        st = self.stats
+        if healthy and not st.healthy:
+            outage = time.monotonic() - (st.unhealthy_since or time.monotonic())
+            log.warning("sink %s: InfluxDB reachable again after %.1f s", self.name, outage)
+            st.unhealthy_since = None
+        elif not healthy and st.healthy:
+            log.warning("sink %s: InfluxDB unavailable: %s", self.name, reason)
+            st.unhealthy_since = time.monotonic()
+        st.healthy = healthy
+        st.last_error = "" if healthy else reason
+
+    async def _wait_for_batch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.log.pending_count(self.name) == 0:
+            self._wake.clear()
+            await self._wake.wait()
+        deadline = loop.time() + self.cfg.flush_interval_s
+        while self.log.pending_count(self.name) < self.cfg.batch_size:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), remaining)
+            except TimeoutError:
+                return
+
+    async def run(self) -> None:
+        conn = self.log.reader()
+        try:
+            while True:
+                await self._wait_for_batch()
+                committed_before_read = self.log.stats.last_id
+                rows = await asyncio.to_thread(self.log.read_pending, conn, self.name, self.cfg.batch_size)
+                if not rows:
+                    # pending_count counts ids, and compaction leaves gaps: nothing up to what was
+                    # committed before the read is left, so the cursor may skip the gap.
+                    await self.log.advance(self.name, committed_before_read)
+                    continue
+                lines = [r.head + b" " + str(r.ts_ns).encode() for r in rows]
+                report = await deliver(self.writer, lines, on_health=self._on_health)
+                rejected = [
+                    DeadLetter(f"sink:{self.name}", "influx_rejected", message, lines[index])
+                    for index, message in report.rejected
+                ]
+                await self.log.advance(self.name, rows[-1].id, rejected)
+                st = self.stats
+                st.batches += 1
+                st.records_sent += report.accepted
+                st.records_rejected += len(rejected)
+                st.last_success_wall_ns = time.time_ns()
+        finally:
+            conn.close()
+            await self.writer.aclose()
+
+
+def runners_for(config: GatewayConfig, durable_log: DurableLog) -> list[SinkRunner]:
+    return [SinkRunner(cfg, durable_log) for cfg in config.sinks]
