@@ -258,6 +258,8 @@ def _key_path(loc: tuple, data: Any) -> str:
 def _expected(err: dict) -> str:
     msg = err["msg"]
     msg = re.sub(r"^(Value error|Assertion failed), ", "", msg)
+    msg = re.sub(r"^Input should be (a valid )?", "", msg)
+    msg = msg.replace("String should match pattern", "text matching")
     if err["type"] == "missing":
         return "this key (it is required)"
     if err["type"] == "extra_forbidden":
