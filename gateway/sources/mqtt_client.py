@@ -19,6 +19,14 @@ Design
   accepts packet id 0 and wildcard topics: we bound the size from the fixed header before reading
   and only read whole packets, catch the panic at the read, and reject the rest ourselves. Each of
   these is counted and drops the connection (the broker is broken; the messages come back).
+- The bounds apply from the CONNACK on, within its very chunk, and nothing waits for the SUBACK:
+  it queues behind everything the broker had queued for us, so waiting for it would either stall
+  a reconnect with a backlog or read the whole backlog into memory.
+- While we do not read, EOF is invisible to the transport: the keepalive tick polls the socket
+  for the broker's FIN/RST instead, so a broker restart during a pause is still noticed.
+- Clean shutdown lets the broker close first after our DISCONNECT (Mosquitto reads one packet per
+  loop turn; a quick reconnect with the same client id would otherwise take the session over
+  before it read our last PUBACKs).
 - Inbound and outbound packet ids are separate spaces (MQTT 5 §2.2.1). Our QoS 1 publishes are
   re-sent (DUP) after a reconnect until their PUBACK arrives or the caller's timeout expires.
 - Every method must be called from the event loop's thread (the log's writer thread hands its
@@ -30,10 +38,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import select
 import ssl
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import mqtt5
 
@@ -49,6 +59,7 @@ _PUBACK_BASE = 0x40020000
 # the Rust panic (`pyo3_runtime.PanicException`, not importable by name) and counts as malformed.
 _NOT_CODEC_ERRORS = (KeyboardInterrupt, SystemExit, GeneratorExit, asyncio.CancelledError)
 _R = mqtt5.DisconnectReasonCode
+_T = TypeVar("_T")
 
 
 class MqttError(Exception):
@@ -102,7 +113,7 @@ class MqttOptions:
     birth: MqttMessageSpec | None = None
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 30.0
-    connect_timeout_s: float = 10.0  # TCP + TLS + CONNACK, and SUBACK
+    connect_timeout_s: float = 10.0  # TCP + TLS + CONNACK
 
     def __post_init__(self) -> None:
         problems = []
@@ -151,7 +162,15 @@ class AckToken:
 
 
 class MqttStats:
-    """Counters and gauges for the metrics layer: plain ints."""
+    """Counters and gauges for the metrics layer: plain ints.
+
+    messages_received, redeliveries (DUP set: Mosquitto 2.0.11 sets it on messages it queued
+    while we were away too), protocol_violations (a reused unacked packet id, packet id 0,
+    wildcard topic, QoS 2, an unexpected packet), malformed_packets, oversized_packets,
+    connects, reconnects, connect_failures, acks_sent (PUBACKs written), stale_acks (tokens of
+    an earlier connection), quota_pauses (reads paused at receive_max), paused (gauge: 1 while
+    the socket is not read), published (our publishes, QoS 1 once acked), subscribe_failures.
+    """
 
     __slots__ = (
         "acks_sent",
@@ -193,6 +212,27 @@ def _remaining_length(data: bytes | bytearray, i: int, end: int) -> tuple[int, i
     raise ValueError("remaining length longer than 4 bytes")
 
 
+_HANGUP = getattr(select, "POLLRDHUP", 0) | getattr(select, "POLLHUP", 0) | getattr(select, "POLLERR", 0)
+
+
+def _peer_closed(transport: asyncio.BaseTransport | None) -> bool:
+    """Whether the peer has closed the TCP connection (FIN or RST), even with unread data
+    before it: a zero-timeout poll for POLLRDHUP (Linux) on the socket."""
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None or not hasattr(select, "poll"):
+        return False
+    poller = select.poll()
+    poller.register(sock.fileno(), _HANGUP)
+    return bool(poller.poll(0))
+
+
+async def _closed(conn: MqttProtocol) -> str:
+    """Why `conn` closed, once it has. Shared futures are awaited through asyncio.wait, which
+    leaves them alone when the waiting task is cancelled (a plain await would cancel them)."""
+    await asyncio.wait((conn.closed,))
+    return conn.closed.result()
+
+
 class MqttProtocol(asyncio.Protocol):
     """One connection of an `MqttClient` (made by `MqttClient.new_protocol`)."""
 
@@ -211,14 +251,17 @@ class MqttProtocol(asyncio.Protocol):
         self.unacked = 0  # QoS 1 deliveries not yet acked
         self._reading_paused = False
         self._reuse_logged = False
-        self.is_ready = False  # CONNACK, SUBACK and birth done: external pause applies
+        self.can_publish = False  # CONNACK done and our unanswered publishes re-sent
+        self.is_ready = False  # CONNACK accepted: the Receive Maximum and pause() apply
         self.closing = False
+        self._lost_reason = ""
         self.closed: asyncio.Future[str] = self._loop.create_future()  # result: why
         self.connack: asyncio.Future[mqtt5.ConnAckPacket] = self._loop.create_future()
-        self._suback: tuple[int, asyncio.Future[mqtt5.SubAckPacket]] | None = None
+        self.suback_pid: int | None = None
         self._drained: asyncio.Future[None] | None = None
         self._last_rx = self._last_tx = self._loop.time()
         self._keepalive_s = 0
+        self._tick_s = 1.0
         self._keepalive_timer: asyncio.TimerHandle | None = None
         self._abort_timer: asyncio.TimerHandle | None = None
 
@@ -243,7 +286,7 @@ class MqttProtocol(asyncio.Protocol):
             self.closed.set_result(self._lost_reason)
         self._client._connection_lost(self)
 
-    def data_received(self, data: bytes) -> None:  # noqa: C901 - the hot path, kept in one piece
+    def data_received(self, data: bytes) -> None:
         if self.closing:
             return
         self._last_rx = self._loop.time()
@@ -262,7 +305,7 @@ class MqttProtocol(asyncio.Protocol):
         stats = self._stats
         read = mqtt5.read
         max_bytes = self._max_bytes
-        error: tuple[str, int] | None = None
+        error: tuple[str, mqtt5.DisconnectReasonCode] | None = None
         with memoryview(data) as view:
             while end - pos >= 2:
                 first = data[pos]
@@ -338,19 +381,18 @@ class MqttProtocol(asyncio.Protocol):
             buf += data[pos:]
         self._need = need
         if error is not None:
-            self.drop(error[0], error[1])
+            self.drop(*error)
             return
-        if msgs:
+        if msgs and not self.closing:
             self.unacked += len(pids)
             stats.messages_received += len(msgs)
             try:
                 self._on_batch(msgs, AckToken(self.generation, pids))
             except Exception:
-                _log.exception("MQTT on_batch failed; dropping the connection so the broker redelivers")
+                self._client._log.exception("MQTT on_batch failed; dropping the connection so the broker redelivers")
                 self.drop("on_batch raised", _R.UNSPECIFIED_ERROR)
                 return
             if self.unacked >= self._receive_max and not self._reading_paused:
-                stats.quota_pauses += 1
                 self.update_reading()
 
     # -- acknowledgements and flow control
@@ -374,15 +416,19 @@ class MqttProtocol(asyncio.Protocol):
             self._drained.set_result(None)
 
     def update_reading(self) -> None:
-        """Read the socket only while under the Receive Maximum, not paused by the caller (after
-        the handshake) and not shutting down."""
+        """Read the socket only while under the Receive Maximum, not paused by the caller and not
+        shutting down; the first two bounds apply once the CONNACK is read. Nothing waits for the
+        SUBACK: it queues behind all the broker had queued for us (Mosquitto 2.0.11 ignores our
+        Receive Maximum), so waiting for it would either stall a reconnect with a backlog (bound
+        on) or read the whole backlog into memory (bound off)."""
         if self.closing or self.transport is None:
             return
         client = self._client
-        pause = (
-            self.unacked >= self._receive_max or (self.is_ready and client._paused) or client._stopping
-        )
+        over_quota = self.unacked >= self._receive_max
+        pause = (self.is_ready and (over_quota or client._paused)) or client._stopping
         if pause and not self._reading_paused:
+            if over_quota:
+                self._stats.quota_pauses += 1
             self.transport.pause_reading()
         elif not pause and self._reading_paused:
             self.transport.resume_reading()
@@ -402,7 +448,7 @@ class MqttProtocol(asyncio.Protocol):
         self._stats.protocol_violations += 1
         if not self._reuse_logged:
             self._reuse_logged = True
-            _log.warning(
+            self._client._log.warning(
                 "MQTT broker reused a packet id we have not acknowledged yet (a Mosquitto < 2.0.13 "
                 "fault, decisions.md D4); its PUBACK waits for every delivery holding the id. "
                 "Counted in protocol_violations, logged once per connection"
@@ -417,10 +463,13 @@ class MqttProtocol(asyncio.Protocol):
         elif isinstance(packet, mqtt5.PingRespPacket):
             pass
         elif isinstance(packet, mqtt5.ConnAckPacket) and not self.connack.done():
+            # The bounds apply from here, within this very chunk: a resumed session's backlog
+            # follows the CONNACK at once.
+            self.is_ready = packet.reason_code == mqtt5.ConnAckReasonCode.SUCCESS
             self.connack.set_result(packet)
-        elif isinstance(packet, mqtt5.SubAckPacket) and self._suback and packet.packet_id == self._suback[0]:
-            if not self._suback[1].done():
-                self._suback[1].set_result(packet)
+        elif isinstance(packet, mqtt5.SubAckPacket) and packet.packet_id == self.suback_pid:
+            self.suback_pid = None
+            client._suback(packet)
         elif isinstance(packet, mqtt5.DisconnectPacket):
             detail = f": {packet.reason_str}" if packet.reason_str else ""
             self.drop(f"broker sent DISCONNECT {packet.reason_code.name}{detail}")
@@ -433,39 +482,40 @@ class MqttProtocol(asyncio.Protocol):
             self.transport.write(data)
             self._last_tx = self._loop.time()
 
-    def expect_suback(self, packet_id: int) -> asyncio.Future[mqtt5.SubAckPacket]:
-        future: asyncio.Future[mqtt5.SubAckPacket] = self._loop.create_future()
-        self._suback = (packet_id, future)
-        return future
-
     def start_keepalive(self, keepalive_s: int) -> None:
         self._keepalive_s = keepalive_s
         self._last_rx = self._loop.time()
-        if keepalive_s and not self.closing:
-            self._keepalive_timer = self._loop.call_later(keepalive_s / 4, self._keepalive_tick)
+        self._tick_s = min(keepalive_s / 4, 1.0) if keepalive_s else 1.0
+        if not self.closing:
+            self._keepalive_timer = self._loop.call_later(self._tick_s, self._keepalive_tick)
 
     def _keepalive_tick(self) -> None:
         """PINGREQ when either direction was quiet for half the keepalive (the broker needs a
         packet from us within 1.5 × keepalive); dead when nothing came for a whole keepalive
-        while we were reading."""
+        while we were reading. While we are not reading, EOF is invisible to the transport, so
+        the socket is polled for the broker's FIN/RST instead (a broker restart during a pause)."""
         if self.closing:
             return
         now = self._loop.time()
         keepalive = self._keepalive_s
-        if not self._reading_paused and now - self._last_rx > keepalive:
+        if self._reading_paused:
+            if _peer_closed(self.transport):
+                self.drop("closed by the broker (seen while not reading)", abort=True)
+                return
+        elif keepalive and now - self._last_rx > keepalive:
             self.drop(f"no packet from the broker for {keepalive} s (keepalive)", abort=True)
             return
-        if now - self._last_tx >= keepalive / 2 or now - self._last_rx >= keepalive / 2:
+        if keepalive and (now - self._last_tx >= keepalive / 2 or now - self._last_rx >= keepalive / 2):
             self.write(_PINGREQ)
-        self._keepalive_timer = self._loop.call_later(keepalive / 4, self._keepalive_tick)
+        self._keepalive_timer = self._loop.call_later(self._tick_s, self._keepalive_tick)
 
-    def drop(self, reason: str, disconnect: int | None = None, *, abort: bool = False) -> None:
+    def drop(self, reason: str, disconnect: mqtt5.DisconnectReasonCode | None = None, *, abort: bool = False) -> None:
         """Close this connection (once) for `reason`; with a DISCONNECT reason code first if given.
         A close that cannot flush within 2 s (dead peer) becomes an abort."""
         if self.closing or self.transport is None:
             return
         if disconnect is not None:
-            self.write(mqtt5.DisconnectPacket(reason_code=_R(disconnect)).write())
+            self.write(mqtt5.DisconnectPacket(reason_code=disconnect).write())
         self.closing = True
         self._lost_reason = reason
         if abort:
@@ -474,10 +524,27 @@ class MqttProtocol(asyncio.Protocol):
             self.transport.close()
             self._abort_timer = self._loop.call_later(2.0, self.transport.abort)
 
-    def disconnect(self) -> None:
-        """Normal DISCONNECT (the broker discards the will), then close."""
+    def disconnect(self, timeout_s: float = 2.0) -> None:
+        """Normal DISCONNECT (the broker discards the will), then let the broker close first.
+        Its EOF proves it has read everything we wrote before: Mosquitto 2.0.11 reads one
+        packet per loop turn, and a restarted gateway reconnecting with the same client id takes
+        the session over at once, discarding PUBACKs still unread on the old socket (observed:
+        48 of 50 redelivered). Whatever arrives meanwhile is dropped unread, so it comes back."""
+        if self.closing or self.transport is None:
+            return
         self.write(_DISCONNECT_NORMAL)
-        self.drop("disconnected by us")
+        self.closing = True
+        self._lost_reason = "disconnected by us"
+        if self._reading_paused:
+            self._reading_paused = False
+            self._stats.paused = 0
+            self.transport.resume_reading()
+        self._abort_timer = self._loop.call_later(timeout_s, self._close_after_disconnect)
+
+    def _close_after_disconnect(self) -> None:
+        assert self.transport is not None
+        self.transport.close()
+        self._abort_timer = self._loop.call_later(2.0, self.transport.abort)
 
 
 class _Outgoing:
@@ -505,24 +572,23 @@ class MqttClient:
         self.options = options
         self._on_batch = on_batch
         self.stats = stats if stats is not None else MqttStats()
-        global _log
-        if logger is not None:
-            _log = logger
+        self._log = logger if logger is not None else _log
         self._connect_packet = self._make_connect()
         self._generation = 0
         self._conn: MqttProtocol | None = None
         self._ready = asyncio.Event()
+        self._subscribed = asyncio.Event()
         self._paused = False
         self._stopping = False
         self._running = False
         self._run_done: asyncio.Future[None] | None = None
         self._wake: asyncio.Future[None] | None = None
         self._outgoing: dict[int, _Outgoing] = {}
-        self._out_limit = 0xFFFF
+        self._out_limit = 0xFFFF  # the broker's Receive Maximum, for our QoS 1 publishes
+        self._out_max_bytes: int | None = None  # the broker's Maximum Packet Size
         self._slot_waiters: list[asyncio.Future[None]] = []
         self._next_pid = 0
         self._had_session = False
-        self._refusals_logged: set[str] = set()
 
     def _make_connect(self) -> bytes:
         o = self.options
@@ -545,7 +611,7 @@ class MqttClient:
 
     @property
     def connected(self) -> bool:
-        """Connected, subscribed and birth sent."""
+        """CONNACK accepted, SUBSCRIBE and birth sent, connection up."""
         return self._ready.is_set()
 
     @property
@@ -557,6 +623,12 @@ class MqttClient:
         """Until `connected`; TimeoutError after `timeout_s`."""
         async with asyncio.timeout(timeout_s):
             await self._ready.wait()
+
+    async def wait_subscribed(self, timeout_s: float) -> None:
+        """Until the current connection's SUBACK has been read (on a new session: until messages
+        published from now on are routed to us). TimeoutError after `timeout_s`."""
+        async with asyncio.timeout(timeout_s):
+            await self._subscribed.wait()
 
     def ack(self, token: AckToken) -> None:
         """Acknowledge a delivered batch once it is durably committed. A token of an earlier
@@ -581,6 +653,15 @@ class MqttClient:
         if self._conn is not None:
             self._conn.update_reading()
 
+    def reconnect(self, reason: str) -> None:
+        """Drop the current connection (normal DISCONNECT: no will) so that `run()` reconnects
+        and the broker redelivers everything unacked, e.g. after a failed commit whose tokens
+        will never be acked (they would otherwise hold the Receive Maximum forever)."""
+        conn = self._conn
+        if conn is not None and conn.transport is not None and not conn.closing:
+            conn.disconnect(timeout_s=1.0)
+            conn._lost_reason = reason  # run() logs the loss with it
+
     def new_protocol(self) -> MqttProtocol:
         """The protocol for a new connection, which becomes the current one (`run` uses it;
         tests drive it with a recording transport)."""
@@ -601,7 +682,10 @@ class MqttClient:
             if qos == 0:
                 await self._ready.wait()
                 assert self._conn is not None
-                self._conn.write(mqtt5.PublishPacket(topic, payload, retain=retain).write())
+                data = mqtt5.PublishPacket(topic, payload, retain=retain).write()
+                if self._out_max_bytes is not None and len(data) > self._out_max_bytes:
+                    raise MqttPublishRejected(f"{len(data)} bytes > the broker's maximum packet size")
+                self._conn.write(data)
                 self.stats.published += 1
                 return
             while len(self._outgoing) >= self._out_limit:
@@ -620,7 +704,8 @@ class MqttClient:
 
     async def shutdown(self, timeout_s: float = 5.0) -> None:
         """Stop reading, wait (up to `timeout_s`) until every delivered message is acked and our
-        publishes are answered, then DISCONNECT normally (no will) and close; `run()` returns."""
+        QoS 1 publishes are answered, then DISCONNECT normally (the broker drops the will) and
+        close; `run()` then returns. PUBACKs after a DISCONNECT would be ignored (D4)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         self._stopping = True
@@ -633,19 +718,21 @@ class MqttClient:
             try:
                 async with asyncio.timeout_at(deadline):
                     await conn.wait_drained()
-                    while not conn.closing and any(e.sent for e in self._outgoing.values()):
-                        await asyncio.sleep(0.01)
+                    while not conn.closing:
+                        waiters = [e.waiter for e in self._outgoing.values() if e.waiter and not e.waiter.done()]
+                        if not waiters:
+                            break
+                        await asyncio.wait((*waiters, conn.closed), return_when=asyncio.FIRST_COMPLETED)
             except TimeoutError:
-                _log.warning(
-                    "MQTT shutdown: %d messages still unacknowledged after %.1f s; the broker will "
-                    "redeliver them",
+                self._log.warning(
+                    "MQTT shutdown: %d messages still unacknowledged after %.1f s; the broker will redeliver them",
                     conn.unacked,
                     timeout_s,
                 )
             if not conn.closing:
-                conn.disconnect()
-                _log.info("MQTT disconnected from %s:%d (shutdown)", self.options.host, self.options.port)
-            await asyncio.wait((conn.closed,), timeout=max(0.1, deadline - loop.time()))
+                conn.disconnect(timeout_s=max(0.5, deadline - loop.time()))
+                self._log.info("MQTT disconnected from %s:%d (shutdown)", self.options.host, self.options.port)
+            await asyncio.wait((conn.closed,), timeout=max(0.5, deadline - loop.time()) + 0.5)
         if self._run_done is not None and not self._run_done.done():
             await asyncio.wait((self._run_done,), timeout=max(0.1, deadline - loop.time()))
         self._fail_outgoing(MqttClosed("the MQTT client is shut down"))
@@ -654,81 +741,89 @@ class MqttClient:
 
     async def run(self) -> None:
         """Connect, subscribe, read; reconnect with capped, jittered backoff until `shutdown()`
-        (returns) or cancellation (closes the socket without DISCONNECT, like a crash)."""
+        (then returns) or cancellation (closes the socket without DISCONNECT, like a crash: the
+        broker publishes the will and keeps what we had not acked)."""
         if self._running:
             raise RuntimeError("MqttClient.run() is already running")
         loop = asyncio.get_running_loop()
         self._running = True
         self._run_done = loop.create_future()
-        o = self.options
-        where = f"{o.host}:{o.port}"
-        attempt = 0
-        down_since: float | None = None  # since when we have had no connection (None: never had)
-        last_failure: str | None = None
-        conn: MqttProtocol | None = None
         try:
-            while not self._stopping:
-                try:
-                    conn = await self._connect()
-                except (OSError, TimeoutError, MqttError) as exc:
-                    if self._stopping:
-                        break
-                    self.stats.connect_failures += 1
-                    failure = str(exc) or type(exc).__name__
-                    if isinstance(exc, MqttRefused):
-                        if failure not in self._refusals_logged:  # once per kind, not per retry
-                            self._refusals_logged.add(failure)
-                            _log.error("MQTT %s at %s as %r; retrying with backoff", failure, where, o.client_id)
-                    elif failure != last_failure:
-                        _log.warning("MQTT connect to %s failed: %s; retrying with backoff", where, failure)
-                    last_failure = failure
-                    if down_since is None:
-                        down_since = loop.time()
-                else:
-                    if self._stopping:
-                        conn.disconnect()
-                        await conn.closed
-                        break
-                    last_failure = None
-                    self._refusals_logged.clear()
-                    up_since = loop.time()
-                    if self.stats.connects > 1:
-                        self.stats.reconnects += 1
-                        outage = up_since - (down_since or up_since)
-                        _log.info("MQTT reconnected to %s after %.1f s outage", where, outage)
-                    else:
-                        _log.info("MQTT connected to %s as %r", where, o.client_id)
-                    reason = await conn.closed
-                    self._ready.clear()
-                    if self._stopping:
-                        break
-                    _log.warning("MQTT connection to %s lost: %s; reconnecting", where, reason)
-                    down_since = loop.time()
-                    if down_since - up_since >= o.reconnect_max_s:
-                        attempt = 0
-                if self._stopping:
-                    break
-                await self._sleep(self._backoff_s(attempt))
-                attempt += 1
+            await self._reconnect_loop(loop)
         finally:
             self._ready.clear()
             conn = self._conn
             if conn is not None and conn.transport is not None and not conn.closed.done():
-                conn.drop("MQTT client task cancelled")  # no DISCONNECT: the broker sends the will
+                conn.drop("MQTT client stopped")  # no DISCONNECT: the broker publishes the will
                 await asyncio.wait((conn.closed,), timeout=1.0)
                 if not conn.closed.done():
                     conn.transport.abort()
-                    await asyncio.sleep(0)
-            self._fail_outgoing(MqttClosed("the MQTT client is no longer running"))
+                    await asyncio.wait((conn.closed,), timeout=0.1)
+            self._fail_outgoing(MqttClosed("the MQTT client is not running"))
             self._running = False
             self._run_done.set_result(None)
 
+    async def _reconnect_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        o = self.options
+        log = self._log
+        where = f"{o.host}:{o.port}"
+        attempt = 0
+        ever_connected = False
+        down_since = loop.time()
+        last_failure: str | None = None
+        while not self._stopping:
+            try:
+                conn = await self._connect()
+            except (OSError, TimeoutError, MqttError) as exc:
+                if self._stopping:
+                    break
+                self.stats.connect_failures += 1
+                if isinstance(exc, TimeoutError):
+                    failure = f"no connection and CONNACK within {o.connect_timeout_s} s"
+                else:
+                    failure = str(exc) or type(exc).__name__
+                if failure != last_failure:  # one line per kind of failure, not per retry
+                    level = logging.ERROR if isinstance(exc, MqttRefused) else logging.WARNING
+                    log.log(
+                        level,
+                        "MQTT connect to %s as %r failed: %s; retrying with backoff",
+                        where,
+                        o.client_id,
+                        failure,
+                    )
+                    last_failure = failure
+            else:
+                if self._stopping:
+                    conn.disconnect()
+                    await _closed(conn)
+                    break
+                last_failure = None
+                up_since = loop.time()
+                if ever_connected:
+                    self.stats.reconnects += 1
+                    log.info("MQTT reconnected to %s after %.1f s outage", where, up_since - down_since)
+                else:
+                    log.info("MQTT connected to %s as %r", where, o.client_id)
+                ever_connected = True
+                reason = await _closed(conn)
+                self._ready.clear()
+                if self._stopping:
+                    break
+                log.warning("MQTT connection to %s lost: %s; reconnecting", where, reason)
+                down_since = loop.time()
+                if down_since - up_since >= o.reconnect_max_s:
+                    attempt = 0
+            await self._sleep(self._backoff_s(attempt))
+            attempt += 1
+
     def _backoff_s(self, attempt: int) -> float:
+        """Full jitter in the upper half of min·2^attempt, capped at reconnect_max_s."""
         o = self.options
         cap = min(o.reconnect_max_s, o.reconnect_min_s * 2 ** min(attempt, 30))
         return random.uniform(cap / 2, cap)
 
     async def _sleep(self, delay_s: float) -> None:
+        """A backoff that `shutdown()` cuts short."""
         self._wake = asyncio.get_running_loop().create_future()
         try:
             await asyncio.wait((self._wake,), timeout=delay_s)
@@ -736,7 +831,7 @@ class MqttClient:
             self._wake = None
 
     async def _connect(self) -> MqttProtocol:
-        """TCP (+TLS), CONNECT/CONNACK, re-send our unanswered publishes, SUBSCRIBE/SUBACK, birth."""
+        """TCP (+TLS), CONNECT/CONNACK, re-send our unanswered publishes, SUBSCRIBE, birth."""
         loop = asyncio.get_running_loop()
         o = self.options
         conn = self.new_protocol()
@@ -747,28 +842,30 @@ class MqttClient:
                 )
                 conn.write(self._connect_packet)
                 connack = await self._answer(conn, conn.connack)
-            if connack.reason_code != mqtt5.ConnAckReasonCode.SUCCESS:
-                raise MqttRefused(connack.reason_code)
-            self.stats.connects += 1
-            conn.start_keepalive(connack.server_keep_alive or o.keepalive_s)
-            self._out_limit = max(1, connack.receive_max)
-            if self._had_session and not connack.session_present:
-                _log.warning(
-                    "MQTT broker had no session for %r: what was queued for us while we were away "
-                    "is lost (broker restarted without persistence, or the session expired)",
-                    o.client_id,
-                )
-            self._had_session = True
+                if connack.reason_code != mqtt5.ConnAckReasonCode.SUCCESS:
+                    raise MqttRefused(connack.reason_code)
+                self.stats.connects += 1
+                conn.start_keepalive(connack.server_keep_alive or o.keepalive_s)
+                self._out_limit = max(1, connack.receive_max)
+                self._out_max_bytes = connack.max_packet_size
+                if self._had_session and not connack.session_present:
+                    self._log.warning(
+                        "MQTT broker had no session for %r: what was queued for us while we were "
+                        "away is lost (broker restarted without persistence, or the session expired)",
+                        o.client_id,
+                    )
+                self._had_session = True
+            if conn.closing:  # e.g. a protocol violation in the CONNACK's chunk
+                raise MqttConnectionLost(conn._lost_reason)
             self._resend(conn, duplicate=connack.session_present)
-            if o.subscriptions:
-                await self._subscribe(conn)
+            conn.can_publish = True
+            self._subscribe(conn)
             if o.birth is not None:
                 b = o.birth
                 if b.qos:
                     self._queue_publish(b.topic, b.payload, b.retain, None)
                 else:
                     conn.write(mqtt5.PublishPacket(b.topic, b.payload, retain=b.retain).write())
-            conn.is_ready = True
             conn.update_reading()
             self._ready.set()
             return conn
@@ -777,17 +874,22 @@ class MqttClient:
                 conn.drop("connect failed", abort=True)
             raise
 
-    async def _answer(self, conn: MqttProtocol, future: asyncio.Future):  # noqa: ANN202
+    async def _answer(self, conn: MqttProtocol, future: asyncio.Future[_T]) -> _T:
+        """The broker's answer, or MqttConnectionLost if the connection closes first."""
         await asyncio.wait((future, conn.closed), return_when=asyncio.FIRST_COMPLETED)
         if future.done():
             return future.result()
         raise MqttConnectionLost(conn.closed.result())
 
-    async def _subscribe(self, conn: MqttProtocol) -> None:
-        """Subscribe to every filter, also on a resumed session (harmless there): retained
-        messages only for a subscription the session did not have yet."""
+    def _subscribe(self, conn: MqttProtocol) -> None:
+        """Subscribe to every filter, also on a resumed session (harmless there). Retained
+        messages come only for a subscription the session did not have yet, and `retain` on a
+        delivered message means "from the retained store" (retain-as-published off)."""
         o = self.options
-        pid = self._allocate_pid()
+        self._subscribed.clear()
+        if not o.subscriptions:
+            self._subscribed.set()
+            return
         filters = [
             mqtt5.TopicFilter(
                 topic,
@@ -797,16 +899,17 @@ class MqttClient:
             )
             for topic, qos in o.subscriptions
         ]
-        future = conn.expect_suback(pid)
+        conn.suback_pid = pid = self._allocate_pid()
         conn.write(mqtt5.SubscribePacket(pid, filters).write())
-        async with asyncio.timeout(o.connect_timeout_s):
-            suback = await self._answer(conn, future)
-        for (topic, qos), code in zip(o.subscriptions, suback.reason_codes, strict=False):
-            if code >= 0x80:
+
+    def _suback(self, suback: mqtt5.SubAckPacket) -> None:
+        for (topic, qos), code in zip(self.options.subscriptions, suback.reason_codes, strict=False):
+            if int(code) >= 0x80:
                 self.stats.subscribe_failures += 1
-                _log.error("MQTT subscription to %r refused by the broker: %s", topic, code.name)
-            elif code < qos:
-                _log.warning("MQTT subscription to %r granted only QoS %d", topic, int(code))
+                self._log.error("MQTT subscription to %r refused by the broker: %s", topic, code.name)
+            elif int(code) < qos:
+                self._log.warning("MQTT subscription to %r granted only QoS %d", topic, int(code))
+        self._subscribed.set()
 
     # -- our publishes
 
@@ -821,13 +924,13 @@ class MqttClient:
         self, topic: str, payload: bytes, retain: bool, waiter: asyncio.Future[int] | None
     ) -> tuple[int, _Outgoing]:
         pid = self._allocate_pid()
-        data = mqtt5.PublishPacket(
-            topic, payload, qos=mqtt5.QoS.AT_LEAST_ONCE, retain=retain, packet_id=pid
-        ).write()
+        data = mqtt5.PublishPacket(topic, payload, qos=mqtt5.QoS.AT_LEAST_ONCE, retain=retain, packet_id=pid).write()
+        if self._out_max_bytes is not None and len(data) > self._out_max_bytes:
+            raise MqttPublishRejected(f"{len(data)} bytes > the broker's maximum packet size")
         entry = _Outgoing(data, waiter)
         self._outgoing[pid] = entry
         conn = self._conn
-        if conn is not None and conn.connack.done() and not conn.closing:
+        if conn is not None and conn.can_publish and not conn.closing:
             conn.write(data)
             entry.sent = True
         return pid, entry
@@ -835,6 +938,8 @@ class MqttClient:
     def _resend(self, conn: MqttProtocol, *, duplicate: bool) -> None:
         """After CONNACK: our unanswered publishes again, in order (MQTT 5 §4.4)."""
         for entry in self._outgoing.values():
+            if entry.waiter is not None and entry.waiter.done():
+                continue  # answered; its publisher has not resumed yet
             data = entry.data
             if entry.sent and duplicate:
                 data = bytes((data[0] | 0x08,)) + data[1:]
@@ -869,5 +974,6 @@ class MqttClient:
     def _connection_lost(self, conn: MqttProtocol) -> None:
         if conn is self._conn:
             self._ready.clear()
+            self._subscribed.clear()
             for pid in [pid for pid, e in self._outgoing.items() if e.waiter is None]:
                 self._release(pid)  # a stale birth: the next connect publishes a fresh one
