@@ -86,7 +86,9 @@ class Street:
         for n in range(count):
             camera = self.cameras[n % len(self.cameras)]
             start = self.start_s + (n // len(self.cameras)) * self.interval_s
-            counts = {r: (rng.randint(0, self.max_per_interval), rng.randint(0, self.max_per_interval)) for r in self.rules}
+            counts = {
+                r: (rng.randint(0, self.max_per_interval), rng.randint(0, self.max_per_interval)) for r in self.rules
+            }
             for rule, (i, o) in counts.items():
                 self.truth[(camera, rule, "in")] += i
                 self.truth[(camera, rule, "out")] += o
@@ -99,8 +101,16 @@ class Street:
                 yield self.topic(camera), b'{"Data": [{"RuleType": "Counting", "CountingInfo": [{"In": '
 
 
-def publish_all(host: str, port: int, messages: Iterator[tuple[str, bytes]], *, rate: float = 0.0,
-                qos: int = 1, client_id: str = "", stop: threading.Event | None = None) -> int:
+def publish_all(
+    host: str,
+    port: int,
+    messages: Iterator[tuple[str, bytes]],
+    *,
+    rate: float = 0.0,
+    qos: int = 1,
+    client_id: str = "",
+    stop: threading.Event | None = None,
+) -> int:
     """Publish with paho-mqtt (what real devices use), QoS 1, paced at `rate` msg/s (0 = as fast as
     the broker takes them). Returns how many were acknowledged by the broker."""
     import paho.mqtt.client as mqtt

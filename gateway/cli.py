@@ -21,6 +21,16 @@ buffer_app = typer.Typer(no_args_is_help=True, help="The durable log")
 app.add_typer(config_app, name="config")
 app.add_typer(buffer_app, name="buffer")
 
+
+def _mount_api_commands() -> None:
+    from gateway.cli_api import api, keys_app
+
+    app.add_typer(keys_app, name="keys")
+    app.command("api")(api)
+
+
+_mount_api_commands()
+
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="the gateway's TOML file")]
 
 

@@ -166,6 +166,15 @@ class StatusConfig(_Model):
     heartbeat_s: float = Field(60.0, gt=0)
 
 
+class ApiConfig(_Model):
+    enabled: bool = True  # `sdgw run` serves the API beside ingestion
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    key_file: Path | None = None  # default: <data_dir>/api-keys.json
+    metrics_open_to_loopback: bool = True  # /metrics without a key from 127.0.0.1/::1 (D15)
+    query_timeout_s: float = Field(10.0, gt=0)
+
+
 class GatewayConfig(_Model):
     gateway: GatewayIdentity
     clock: ClockConfig = ClockConfig()
@@ -175,6 +184,7 @@ class GatewayConfig(_Model):
     sites: list[SiteConfig] = Field(default_factory=list)
     devices: list[DeviceConfig] = Field(default_factory=list)
     status: StatusConfig = StatusConfig()
+    api: ApiConfig = ApiConfig()
 
     @model_validator(mode="after")
     def _cross_refs(self) -> GatewayConfig:
@@ -201,6 +211,10 @@ class GatewayConfig(_Model):
     @property
     def log_path(self) -> Path:
         return self.log.path or self.gateway.data_dir / "log.sqlite"
+
+    @property
+    def api_key_file(self) -> Path:
+        return self.api.key_file or self.gateway.data_dir / "api-keys.json"
 
     @property
     def mqtt_client_id(self) -> str:
@@ -302,7 +316,9 @@ def load_config(path: Path | str) -> GatewayConfig:
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(p, [ConfigProblem(key="(file)", found=exc.strerror or str(exc), expected="a readable TOML file")]) from None
+        raise ConfigError(
+            p, [ConfigProblem(key="(file)", found=exc.strerror or str(exc), expected="a readable TOML file")]
+        ) from None
     return parse_config(text, p)
 
 
@@ -312,7 +328,10 @@ def read_secret(*, file: Path | None, env: str, what: str) -> str | None:
         try:
             return file.read_text(encoding="utf-8").rstrip("\r\n")
         except OSError as exc:
-            raise ConfigError(file, [ConfigProblem(key=what, found=exc.strerror or "unreadable", expected="a readable secret file")]) from None
+            raise ConfigError(
+                file,
+                [ConfigProblem(key=what, found=exc.strerror or "unreadable", expected="a readable secret file")],
+            ) from None
     return os.environ.get(env) or None
 
 

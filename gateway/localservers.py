@@ -10,6 +10,7 @@ name. `restart()` keeps the data directory, so persistence across a restart is t
 from __future__ import annotations
 
 import contextlib
+import getpass
 import os
 import random
 import shutil
@@ -129,6 +130,9 @@ class Mosquitto(_Server):
         self.conf_path.write_text(
             f"""# written by gateway.localservers for a test/demo broker
 per_listener_settings false
+# As root, mosquitto drops to the `mosquitto` user, which cannot write its save file into our
+# private temp dir: stay the user who started it.
+user {getpass.getuser()}
 listener {self.port} 127.0.0.1
 allow_anonymous true
 persistence true
@@ -206,7 +210,9 @@ bind-address = "127.0.0.1:{self.rpc_port}"
         args = {"q": q, "epoch": "ns", **params}
         if db:
             args["db"] = db
-        r = httpx.post(f"{self.url}/query", data=args, timeout=30)
+        if getattr(self, "_client", None) is None:
+            self._client = httpx.Client(timeout=30)
+        r = self._client.post(f"{self.url}/query", data=args)
         r.raise_for_status()
         return r.json()
 
@@ -239,6 +245,7 @@ class VictoriaMetrics(_Server):
             f"-storageDataPath={self.root / 'data'}",
             "-dedup.minScrapeInterval=1ms",
             "-search.latencyOffset=0s",
+            "-retentionPeriod=100y",  # test data is stamped in the past: keep it
             "-loggerLevel=ERROR",
         ]
 

@@ -18,6 +18,8 @@ from gateway.processors import footfall
 from gateway.records import RecordDraft
 from gateway.sinks.lineproto import LineProtocolError, encode_head
 
+RECEIVE_SPACING_NS = 1_000  # between payloads of one chunk; room for 1,000 records per payload
+
 
 @dataclass
 class DeviceStats:
@@ -98,8 +100,14 @@ class Pipeline:
                 out.append(footfall.interval_draft(tags, device.id, ev))
         return out
 
-    def decode_into(self, batch: AppendBatch, device: DeviceConfig, payload: bytes, arrival: Arrival) -> None:
-        """Decode one payload of `device` and add its records (or its dead letter) to `batch`."""
+    def decode_into(
+        self, batch: AppendBatch, device: DeviceConfig, payload: bytes, arrival: Arrival, position: int = 0
+    ) -> None:
+        """Decode one payload of `device` and add its records (or its dead letter) to `batch`.
+
+        `position` is the payload's place in its chunk: payloads of one chunk share one clock
+        reading, so receive times are spread by it (1 µs apart) to keep points of one series
+        distinct."""
         st = self.stats[device.id]
         st.messages += 1
         st.last_seen_wall_ns = arrival.wall_ns
@@ -124,10 +132,10 @@ class Pipeline:
             if trusted and draft.device_ts_ns is not None:
                 rec.ts_ns = draft.device_ts_ns
             elif arrival.wall_trusted:
-                # D8: unique within the series, derived from the message (index), not a counter
-                rec.ts_ns = arrival.wall_ns + index
+                # D8: unique within the series: the record's index within its message
+                rec.ts_ns = arrival.wall_ns + position * RECEIVE_SPACING_NS + index
             else:
-                rec.mono_ns = arrival.mono_ns + index
+                rec.mono_ns = arrival.mono_ns + position * RECEIVE_SPACING_NS + index
             batch.records.append(rec)
             st.records += 1
 
@@ -135,7 +143,7 @@ class Pipeline:
         """All PUBLISHes of one received chunk → one append (committed before any PUBACK)."""
         batch = AppendBatch(boot_id=arrival.boot_id, pausable=True)
         route = self.router.route
-        for msg in messages:
+        for position, msg in enumerate(messages):
             device = route(msg.topic)
             if device is None:
                 self.unrouted += 1
@@ -143,5 +151,5 @@ class Pipeline:
                     DeadLetter("mqtt", RejectReason.UNSUPPORTED.value, f"no device on topic {msg.topic[:200]}", b"")
                 )
                 continue
-            self.decode_into(batch, device, msg.payload, arrival)
+            self.decode_into(batch, device, msg.payload, arrival, position)
         return batch

@@ -78,6 +78,8 @@ class MqttIngest:
             # Not committed: no PUBACK, so the broker redelivers after the reconnect we force.
             self.append_errors += 1
             log.error("append failed, messages left unacknowledged: %s", result)
+            if self.client is not None:
+                self.client.reconnect("log append failed")
             return
         assert self.client is not None
         self.client.ack(token)
@@ -149,16 +151,69 @@ class Gateway:
             }
             for sink in self.sinks:
                 fields[f"pending_{sink.name}"] = self.log.pending_count(sink.name)
-            rec = NewRecord("gateway_health", encode_head("gateway_health", tags, fields), None, None, RecordClass.HEALTH)
+            rec = NewRecord(
+                "gateway_health", encode_head("gateway_health", tags, fields), None, None, RecordClass.HEALTH
+            )
             if arrival.wall_trusted:
                 rec.ts_ns = arrival.wall_ns
             else:
                 rec.mono_ns = arrival.mono_ns
             await self.log.append(AppendBatch(records=[rec], boot_id=arrival.boot_id))
 
+    def health(self) -> dict:
+        """The gateway's own state for /v1/health (no key needed: no secrets, no identifiers)."""
+        reasons: list[str] = []
+        sinks = {}
+        for sink in self.sinks:
+            st = sink.stats
+            sinks[sink.name] = {
+                "healthy": st.healthy,
+                "pending": self.log.pending_count(sink.name),
+                "last_error": st.last_error,
+            }
+            if not st.healthy:
+                reasons.append(f"sink {sink.name}: {st.last_error}")
+        sources = {}
+        if self.mqtt is not None:
+            sources["mqtt"] = {"connected": self.mqtt.connected, "paused": self.log.paused}
+            if not self.mqtt.connected:
+                reasons.append("MQTT broker not connected")
+        if self.log.paused:
+            reasons.append("log at its cap: MQTT intake paused")
+        clock = {
+            "synchronised": self.monitor.synchronised if self.monitor else False,
+            "wall_time_trusted": self.monitor.wall_trusted if self.monitor else False,
+        }
+        if not clock["wall_time_trusted"]:
+            reasons.append("clock not yet synchronised: records are held")
+        return {
+            "healthy": not reasons,
+            "reasons": reasons,
+            "gateway": self.config.gateway.id,
+            "uptime_s": int(time.monotonic() - self.started_mono),
+            "sources": sources,
+            "sinks": sinks,
+            "log": {
+                "used_bytes": self.log.stats.used_bytes,
+                "cap_bytes": self.log.cap_bytes,
+                "paused": self.log.paused,
+            },
+            "clock": clock,
+        }
+
     def _on_pressure(self, paused: bool) -> None:
         if self.mqtt is not None:
             (self.mqtt.pause if paused else self.mqtt.resume)()
+
+    async def _serve_api(self) -> None:
+        from gateway.api.app import build_context, create_app
+        from gateway.api.server import serve
+        from gateway.metrics import gateway_registry
+
+        ctx = build_context(self.config, mode="gateway", local_health=self.health, registry=gateway_registry(self))
+        api = self.config.api
+        log.warning("API listening on http://%s:%d", api.host, api.port)
+        await serve(create_app(ctx), api.host, api.port)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -184,6 +239,8 @@ class Gateway:
                 tasks.append(tg.create_task(self._heartbeat(), name="heartbeat"))
                 if self.mqtt is not None:
                     tasks.append(tg.create_task(self.mqtt.run(), name="mqtt"))
+                if self.config.api.enabled:
+                    tasks.append(tg.create_task(self._serve_api(), name="api"))
                 await self._stop.wait()
                 log.warning("gateway stopping")
                 if self.mqtt is not None:

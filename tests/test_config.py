@@ -29,8 +29,13 @@ def test_config_lists_every_problem_with_key_found_expected():
     with pytest.raises(ConfigError) as exc:
         parse_config(text, "gw.toml")
     keys = {p.key: p for p in exc.value.problems}
-    assert set(keys) == {"gateway.street", "log.cap_bytes", "sinks[0:edge].dialect", "devices[0:cam].model",
-                         "devices[0:cam].colour"}
+    assert set(keys) == {
+        "gateway.street",
+        "log.cap_bytes",
+        "sinks[0:edge].dialect",
+        "devices[0:cam].model",
+        "devices[0:cam].colour",
+    }
     assert keys["log.cap_bytes"].found == "'big'"
     assert "integer" in keys["log.cap_bytes"].expected
     assert "vivotek-sc8131" in keys["devices[0:cam].model"].expected
@@ -77,6 +82,9 @@ def test_cli_config_check_exit_codes(tmp_path):
     r = subprocess.run([*sdgw, "config", "check", "-c", str(bad)], capture_output=True, text=True)
     assert r.returncode == 2
     assert "log.cap_bytes: expected greater than or equal to 1048576; found 5" in r.stderr
-    ok = subprocess.run([*sdgw, "config", "check", "-c", str(ROOT / "deploy/gateway.example.toml")],
-                        capture_output=True, text=True)
+    ok = subprocess.run(
+        [*sdgw, "config", "check", "-c", str(ROOT / "deploy/gateway.example.toml")],
+        capture_output=True,
+        text=True,
+    )
     assert ok.returncode == 0, ok.stderr

@@ -52,12 +52,22 @@ def test_codec_never_raises_on_random_bytes(name, data):
     assert isinstance(result, (list, Reject))
 
 
-@given(doc=st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(
-        st.sampled_from(["Data", "RuleType", "CountingInfo", "RuleName", "In", "Out", "StartTime", "EndTime", "x"]),
-        children, max_size=6),
-    max_leaves=30))
+@given(
+    doc=st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+        lambda children: (
+            st.lists(children, max_size=4)
+            | st.dictionaries(
+                st.sampled_from(
+                    ["Data", "RuleType", "CountingInfo", "RuleName", "In", "Out", "StartTime", "EndTime", "x"]
+                ),
+                children,
+                max_size=6,
+            )
+        ),
+        max_leaves=30,
+    )
+)
 def test_vivotek_never_raises_on_random_json(doc):
     result = MODELS["vivotek-sc8131"].decode(json.dumps(doc).encode(), received_ns=0)
     assert isinstance(result, (list, Reject))

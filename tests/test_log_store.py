@@ -21,8 +21,13 @@ HOUR = 3_600_000_000_000
 
 def rec(i: int, *, identity: str | None = "auto", klass=RecordClass.TELEMETRY, measurement="m", ts=None) -> NewRecord:
     head = f"{measurement},device=d{i % 3} v={i}i".encode()
-    return NewRecord(measurement, head, 1_700_000_000_000_000_000 + i if ts is None else ts,
-                     f"id-{i}" if identity == "auto" else identity, klass)
+    return NewRecord(
+        measurement,
+        head,
+        1_700_000_000_000_000_000 + i if ts is None else ts,
+        f"id-{i}" if identity == "auto" else identity,
+        klass,
+    )
 
 
 def run(coro):
@@ -105,7 +110,10 @@ def test_log_unsynchronised_records_wait_for_the_clock(tmp_path):
 
     async def body():
         log = await _open(tmp_path / "l.sqlite", sinks=["a"])
-        held = [NewRecord("m", b"m v=1i", None, "x1", mono_ns=5_000), NewRecord("m", b"m v=2i", None, "x2", mono_ns=6_000)]
+        held = [
+            NewRecord("m", b"m v=1i", None, "x1", mono_ns=5_000),
+            NewRecord("m", b"m v=2i", None, "x2", mono_ns=6_000),
+        ]
         res = await log.append(AppendBatch(records=held, boot_id="boot-A"))
         other = [NewRecord("m", b"m v=3i", None, "x3", mono_ns=7_000)]
         await log.append(AppendBatch(records=other, boot_id="boot-OLD"))
@@ -134,7 +142,7 @@ def test_log_pressure_pauses_and_resumes_pausable_sources(tmp_path):
     async def body():
         log = await _open(tmp_path / "l.sqlite", sinks=["a"], cap_bytes=1 << 20, prune_interval_s=0)
         log.on_pressure(events.append)
-        big = b"m pad=\"" + b"x" * 2000 + b"\""
+        big = b'm pad="' + b"x" * 2000 + b'"'
         n = 0
         while not log.paused and n < 2000:
             await log.append(AppendBatch(records=[NewRecord("m", big, n, f"k{n}") for n in range(n, n + 20)]))
@@ -158,23 +166,42 @@ def test_log_cap_compacts_footfall_then_drops_telemetry_never_alarms(tmp_path):
 
     async def body():
         log = await _open(path, sinks=["a"], cap_bytes=1 << 20)
-        alarms = [NewRecord("locker_alarm", f"locker_alarm,bank=b1 kind=\"forced\",n={i}i".encode(), base + i,
-                            f"alarm-{i}", RecordClass.ALARM) for i in range(50)]
+        alarms = [
+            NewRecord(
+                "locker_alarm",
+                f'locker_alarm,bank=b1 kind="forced",n={i}i'.encode(),
+                base + i,
+                f"alarm-{i}",
+                RecordClass.ALARM,
+            )
+            for i in range(50)
+        ]
         await log.append(AppendBatch(records=alarms, pausable=False))
         # 4 footfall points per hour per line, 15 min apart
         ff = []
         for k in range(4000):
             line = f"L{k % 2}"
             ts = base + (k // 2) * HOUR // 4
-            ff.append(NewRecord("footfall", f"footfall,device=cam,line={line} entries=1i,exits=2i,interval_s=900i".encode(),
-                                ts, f"ff-{k}"))
+            ff.append(
+                NewRecord(
+                    "footfall",
+                    f"footfall,device=cam,line={line} entries=1i,exits=2i,interval_s=900i".encode(),
+                    ts,
+                    f"ff-{k}",
+                )
+            )
         for i in range(0, len(ff), 200):
             await log.append(AppendBatch(records=ff[i : i + 200], pausable=False))
         pad = b"x" * 1500
         for i in range(0, 3000, 100):
-            await log.append(AppendBatch(
-                records=[NewRecord("noise", b"noise pad=\"" + pad + b"\"", base + j, f"n-{j}") for j in range(i, i + 100)],
-                pausable=False))
+            await log.append(
+                AppendBatch(
+                    records=[
+                        NewRecord("noise", b'noise pad="' + pad + b'"', base + j, f"n-{j}") for j in range(i, i + 100)
+                    ],
+                    pausable=False,
+                )
+            )
         await log.aclose()
 
     run(body())
@@ -195,7 +222,9 @@ def test_log_cap_compacts_footfall_then_drops_telemetry_never_alarms(tmp_path):
 def test_log_dead_letters_are_bounded(tmp_path):
     async def body():
         log = await _open(tmp_path / "l.sqlite", dead_letter_cap=10)
-        await log.append(AppendBatch(dead_letters=[DeadLetter("device:x", "bad_json", "oops", b"{") for _ in range(25)]))
+        await log.append(
+            AppendBatch(dead_letters=[DeadLetter("device:x", "bad_json", "oops", b"{") for _ in range(25)])
+        )
         await log.aclose()
 
     run(body())

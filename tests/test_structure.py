@@ -8,7 +8,17 @@ from pathlib import Path
 from devices.registry import MODELS
 
 ROOT = Path(__file__).resolve().parent.parent
-FORBIDDEN = {"gateway", "asyncio", "socket", "time", "logging", "datetime.datetime.now", "os", "threading", "random"}
+FORBIDDEN = {
+    "gateway",
+    "asyncio",
+    "socket",
+    "time",
+    "logging",
+    "datetime.datetime.now",
+    "os",
+    "threading",
+    "random",
+}
 
 
 def _imports(path: Path) -> set[str]:

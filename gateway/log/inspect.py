@@ -20,9 +20,7 @@ def buffer_stats(path: Path, sinks: list[str], *, now_ns: int | None = None) -> 
         out_sinks = {}
         for sink in sinks:
             cursor = cursors.get(sink, 0)
-            depth, oldest = conn.execute(
-                "SELECT COUNT(*), MIN(ts_ns) FROM records WHERE id > ?", (cursor,)
-            ).fetchone()
+            depth, oldest = conn.execute("SELECT COUNT(*), MIN(ts_ns) FROM records WHERE id > ?", (cursor,)).fetchone()
             first = conn.execute("SELECT ts_ns FROM records WHERE id > ? ORDER BY id LIMIT 1", (cursor,)).fetchone()
             out_sinks[sink] = {
                 "cursor": cursor,

@@ -21,6 +21,7 @@ Design (decisions.md D1, D2, D5, D6):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import queue
@@ -168,6 +169,7 @@ class DurableLog:
         self._pressure_listeners: list[Callable[[bool], None]] = []
         self._commit_listeners: list[Callable[[], None]] = []
         self._last_prune = 0.0
+        self._prune_owed = True
         self._wal_limit = 1 << 24
         self._fatal: BaseException | None = None
 
@@ -277,11 +279,18 @@ class DurableLog:
         conn = self._conn
         stop = False
         while not stop:
-            first = self._q.get()
+            # A cursor that moved owes a prune: wake for it even when nothing else arrives (with
+            # MQTT paused at the cap, the sinks' progress is the only thing that can free room).
+            timeout = None
+            if self._prune_owed:
+                timeout = max(0.0, self._last_prune + self.prune_interval_s - time.monotonic())
+            try:
+                item = self._q.get(timeout=timeout)
+            except queue.Empty:
+                item = None
             ops: list[_Op] = []
             size = 0
-            item = first
-            while True:
+            while item is not None:
                 if item is _STOP:
                     stop = True
                 else:
@@ -296,8 +305,9 @@ class DurableLog:
             if ops:
                 self._execute(conn, ops)
             now = time.monotonic()
-            if ops and now - self._last_prune >= self.prune_interval_s:
+            if self._prune_owed and now - self._last_prune >= self.prune_interval_s:
                 self._last_prune = now
+                self._prune_owed = False
                 try:
                     self._prune(conn)
                 except sqlite3.Error:
@@ -328,7 +338,7 @@ class DurableLog:
                     raise ValueError(op.kind)
                 results.append(res)
             conn.execute("COMMIT")
-        except BaseException as exc:  # noqa: BLE001 - reported to every waiter, then re-raised if fatal
+        except BaseException as exc:
             with _suppress_sqlite():
                 conn.execute("ROLLBACK")
             log.error("log commit failed: %s", exc)
@@ -366,10 +376,8 @@ class DurableLog:
             for listener in listeners:
                 listener()
 
-        try:
+        with contextlib.suppress(RuntimeError):  # loop closed during shutdown
             loop.call_soon_threadsafe(run)
-        except RuntimeError:  # loop closed during shutdown
-            pass
 
     def _apply_append(self, conn: sqlite3.Connection, batch: AppendBatch) -> AppendResult:
         ready = []
@@ -385,7 +393,8 @@ class DurableLog:
         before = conn.total_changes
         if ready:
             conn.executemany(
-                "INSERT OR IGNORE INTO records (identity, class, measurement, head, ts_ns) VALUES (?,?,?,?,?)", ready
+                "INSERT OR IGNORE INTO records (identity, class, measurement, head, ts_ns) VALUES (?,?,?,?,?)",
+                ready,
             )
         if waiting:
             conn.executemany(
@@ -413,7 +422,8 @@ class DurableLog:
         excess = count - self.dead_letter_cap
         if excess > 0:  # bounded: the oldest go first, counted
             conn.execute(
-                "DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters ORDER BY id LIMIT ?)", (excess,)
+                "DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters ORDER BY id LIMIT ?)",
+                (excess,),
             )
             _bump(conn, "dead_letters_dropped_over_cap", excess)
 
@@ -426,6 +436,7 @@ class DurableLog:
         if rejected:
             self._insert_dead(conn, rejected)
         self.stats.cursors[sink] = max(self.stats.cursors.get(sink, 0), upto_id)
+        self._prune_owed = True
 
     def _apply_clock(self, conn: sqlite3.Connection, boot_id: str, offset_ns: int, at_wall_ns: int) -> int:
         if boot_id in self._offsets:
@@ -447,9 +458,7 @@ class DurableLog:
         if not self.sinks:
             return 0
         placeholders = ",".join("?" * len(self.sinks))
-        (low,) = conn.execute(
-            f"SELECT MIN(last_id) FROM cursors WHERE sink IN ({placeholders})", self.sinks
-        ).fetchone()
+        (low,) = conn.execute(f"SELECT MIN(last_id) FROM cursors WHERE sink IN ({placeholders})", self.sinks).fetchone()
         if not low:
             return 0
         before = conn.total_changes
@@ -501,10 +510,8 @@ class DurableLog:
         if loop is None or loop.is_closed():
             return
         for listener in self._pressure_listeners:
-            try:
+            with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(listener, paused)
-            except RuntimeError:
-                pass
 
     def _make_room(self, conn: sqlite3.Connection, used: int) -> int:
         """D5 at the cap, for unpausable intake: compact, then drop telemetry, then dead letters."""
@@ -526,9 +533,7 @@ class DurableLog:
             classes = ",".join(str(int(c)) for c in DROPPABLE)
             ids = [
                 r[0]
-                for r in conn.execute(
-                    f"SELECT id FROM records WHERE class IN ({classes}) ORDER BY id LIMIT ?", (step,)
-                )
+                for r in conn.execute(f"SELECT id FROM records WHERE class IN ({classes}) ORDER BY id LIMIT ?", (step,))
             ]
             if ids:
                 conn.execute(f"DELETE FROM records WHERE id IN ({','.join('?' * len(ids))})", ids)

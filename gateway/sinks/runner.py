@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from gateway.config import GatewayConfig, SinkConfig, read_secret, sink_env_name
 from gateway.log.store import DeadLetter, DurableLog
 from gateway.sinks.influx_http import Dialect, InfluxTarget, InfluxWriter, deliver
+from gateway.sinks.lineproto import LineProtocolError, encode_line
 
 log = logging.getLogger("sdgw.sink")
 
@@ -98,16 +99,23 @@ class SinkRunner:
                     # committed before the read is left, so the cursor may skip the gap.
                     await self.log.advance(self.name, committed_before_read)
                     continue
-                lines = [r.head + b" " + str(r.ts_ns).encode() for r in rows]
-                report = await deliver(self.writer, lines, on_health=self._on_health)
-                rejected = [
-                    DeadLetter(f"sink:{self.name}", "influx_rejected", message, lines[index])
-                    for index, message in report.rejected
-                ]
+                lines: list[bytes] = []
+                rejected: list[DeadLetter] = []
+                for r in rows:
+                    try:
+                        lines.append(encode_line(r.head, r.ts_ns))
+                    except LineProtocolError as exc:  # a time InfluxDB cannot hold: never sent
+                        rejected.append(DeadLetter(f"sink:{self.name}", "unencodable", str(exc), r.head))
+                report = await deliver(self.writer, lines, on_health=self._on_health) if lines else None
+                if report is not None:
+                    rejected += [
+                        DeadLetter(f"sink:{self.name}", "influx_rejected", message, lines[index])
+                        for index, message in report.rejected
+                    ]
                 await self.log.advance(self.name, rows[-1].id, rejected)
                 st = self.stats
                 st.batches += 1
-                st.records_sent += report.accepted
+                st.records_sent += report.accepted if report else 0
                 st.records_rejected += len(rejected)
                 st.last_success_wall_ns = time.time_ns()
         finally:
