@@ -426,4 +426,4 @@ def test_api_running_sdgw_api_reloads_key_file(tmp_path, influxdb):
             proc.kill()
             proc.wait()
     text = out.read_text()
-    assert "API stopped" in text and secret not in text and secret.split("_")[2] not in text
+    assert "API stopped" in text and secret not in text and secret.split("_", 2)[2] not in text
