@@ -5,7 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+python=${PYTHON:-python3}
 need=()
+command -v "$python" >/dev/null 2>&1 || need+=(python3)
+# Debian splits venv/ensurepip out of python3: without it `python3 -m venv` cannot make a venv.
+"$python" -c "import ensurepip, venv" >/dev/null 2>&1 || need+=(python3-venv python3-pip)
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v influxd >/dev/null 2>&1 || need+=(influxdb)
 command -v victoria-metrics >/dev/null 2>&1 || need+=(victoria-metrics)
@@ -14,12 +18,11 @@ if [ ${#need[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   echo "dev-setup: installing Debian packages: ${need[*]}"
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q
-  # policy-rc.d keeps the packages' own services from starting where systemd runs: tests and
-  # the demo start their own servers on their own ports and never touch the system ones.
+  # Where systemd runs, these packages start their own services on the standard ports: the
+  # tests and the demo start private servers on their own ports and never touch those.
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
 fi
 
-python=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
