@@ -4,7 +4,9 @@ counting real traffic, and no secret in any log line of the run (issue 9)."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
+import sys
 import threading
 
 import httpx
@@ -14,7 +16,7 @@ import pytest
 from vivotek_counter import Street
 
 from gateway.localservers import Mosquitto, free_port
-from tests.harness import GatewayProcess, gateway_config, wait_for
+from tests.harness import ROOT, GatewayProcess, gateway_config, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -169,3 +171,69 @@ def test_gateway_status_heartbeat_metrics_api_and_no_secret_in_logs(tmp_path, se
             assert secret not in text
     keyfile = (tmp_path / "api-keys.json").read_bytes()
     assert operator_key.encode() not in keyfile and merchant_key.encode() not in keyfile
+
+
+def test_two_sdgw_api_replicas_answer_alike_with_no_ingestion(tmp_path, mosquitto, influxdb):
+    """A gateway writes its heartbeats and stops; two `sdgw api` processes over the same InfluxDB,
+    with no ingestion at all, give the same answer for the district's gateways (D15)."""
+    sink = {"name": "edge", "url": influxdb.url, "dialect": "v1", "database": influxdb.db, "flush_interval_s": 0.1}
+    cfg = gateway_config(tmp_path / "gw", broker_port=mosquitto.port, sinks=[sink], cameras=["cam-01"], heartbeat_s=0.3)
+    with GatewayProcess(tmp_path / "gw", cfg):
+        wait_for(
+            lambda: len(influxdb.rows('SELECT * FROM "gateway_health"', influxdb.db)) >= 2,
+            timeout_s=15,
+            what="heartbeats",
+        )
+
+    replicas = []
+    for name in ("a", "b"):
+        port = free_port()
+        central = tmp_path / f"central-{name}"
+        text = gateway_config(central, broker_port=1, sinks=[sink], cameras=[], heartbeat_s=0.3, api_port=port)
+        # the central config: no MQTT, no devices — the API alone over the district's InfluxDB
+        lines = text.splitlines()
+        start = lines.index("[mqtt]")
+        end = lines.index("[status]")
+        central_text = "\n".join(lines[:start] + lines[end:]) + "\n"
+        replicas.append((GatewayProcess(central, central_text), port))
+    procs = []
+    try:
+        for gp, _port in replicas:
+            log = open(gp.log_path, "ab")  # noqa: SIM115
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "gateway.cli", "api", "-c", str(gp.config_path)],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=ROOT,
+                )
+            )
+            log.close()
+        keys = []
+        for gp, _port in replicas:
+            r = gp.cli("keys", "create", "--role", "operator")
+            assert r.returncode == 0, r.stderr
+            keys.append(r.stdout.strip())
+
+        def answer(i: int):
+            _, port = replicas[i]
+            try:
+                r = httpx.get(
+                    f"http://127.0.0.1:{port}/v1/gateways", headers={"Authorization": f"Bearer {keys[i]}"}, timeout=2
+                )
+            except httpx.TransportError:
+                return None
+            return r.json()["gateways"] if r.status_code == 200 else None
+
+        a = wait_for(lambda: answer(0), timeout_s=20, what="replica a")
+        b = wait_for(lambda: answer(1), timeout_s=20, what="replica b")
+        assert a == b
+        assert [g["gateway"] for g in a] == ["gw-test"]
+        # the gateway stopped: after 3 missed heartbeats it is offline, on both replicas alike
+        wait_for(lambda: (x := answer(0)) and x[0]["state"] == "offline", timeout_s=10, what="offline")
+        assert answer(1)[0]["state"] == "offline"
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait(10)
