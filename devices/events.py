@@ -30,7 +30,15 @@ class Reject:
 
 
 @dataclass(frozen=True, slots=True)
-class CounterInterval:
+class DeviceEvent:
+    """Base of every event a codec returns (families add theirs below, one section each)."""
+
+
+# --- people counters ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CounterInterval(DeviceEvent):
     """People crossing one counting line during [start_ns, end_ns) — a per-interval delta report.
 
     `start_ns`/`end_ns` are the device's own UTC times (nanoseconds since the epoch)."""
@@ -42,4 +50,4 @@ class CounterInterval:
     end_ns: int
 
 
-Event = CounterInterval
+Event = DeviceEvent
