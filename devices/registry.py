@@ -58,6 +58,9 @@ class DeviceModel:
     # `keepalive_s` where the device needs it (0 = never)
     start_commands: Callable[[], list[bytes]] | None = None
     keepalive_s: float = 0.0
+    # True where raw bytes may carry a personal identifier (125 kHz cards, pickup codes): dead
+    # letters then keep only their length (decisions.md D1, D13)
+    personal_raw: bool = False
 
 
 MODELS: dict[str, DeviceModel] = {

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from devices.registry import MODELS, Transport
+from gateway.errors import ConfigError  # defined there, raised and re-exported here
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 Name = Annotated[str, Field(pattern=NAME)]
@@ -137,6 +138,9 @@ class DeviceConfig(_Model):
     site: Name | None = None
     transport: Literal["mqtt", "serial"] = "mqtt"
     topic: str | None = None  # MQTT topic or filter this device publishes on
+    port: str | None = None  # serial: a stable path, e.g. /dev/serial/by-id/usb-…-if00-port0
+    baudrate: int | None = Field(None, ge=300, le=4_000_000)  # serial: default per model
+    parity: Literal["N", "E", "O"] | None = None  # serial: default per model
     trust_device_time: bool | None = None  # default: what the model's registry row says
 
     @field_validator("model")
@@ -153,6 +157,8 @@ class DeviceConfig(_Model):
             raise ValueError(f"model {self.model} speaks {', '.join(model.transports)}, not {self.transport}")
         if self.transport == "mqtt" and not self.topic:
             raise ValueError("an MQTT device needs `topic`")
+        if self.transport == "serial" and not self.port:
+            raise ValueError("a serial device needs `port` (a stable path such as /dev/serial/by-id/…)")
         return self
 
     @property
@@ -234,15 +240,6 @@ class ConfigProblem(BaseModel):
 
     def render(self, path: Path | str) -> str:
         return f"{path}: {self.key}: expected {self.expected}; found {self.found}"
-
-
-class ConfigError(Exception):
-    """The configuration cannot be used; every problem found, each with its key path."""
-
-    def __init__(self, path: Path | str, problems: list[ConfigProblem]) -> None:
-        self.path = path
-        self.problems = problems
-        super().__init__("\n".join(p.render(path) for p in problems))
 
 
 def _short(value: Any) -> str:

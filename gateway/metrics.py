@@ -156,6 +156,25 @@ class GatewayCollector:
             g.add_metric([], 1 if gw.mqtt.connected else 0)
             yield g
 
+        if gw.serial:
+            opened = GaugeMetricFamily(
+                "sdgw_serial_open", "1 while the device's serial port is open", labels=["device"]
+            )
+            reconnects = CounterMetricFamily(
+                "sdgw_serial_reconnects", "Serial port reopened after a loss", labels=["device"]
+            )
+            read = CounterMetricFamily("sdgw_serial_bytes", "Bytes read from the serial port", labels=["device"])
+            frames = CounterMetricFamily(
+                "sdgw_serial_frames", "Whole frames cut from the byte stream", labels=["device"]
+            )
+            for ingest in gw.serial:
+                ps = ingest.port.stats
+                opened.add_metric([ingest.device.id], 1 if ps.is_open else 0)
+                reconnects.add_metric([ingest.device.id], ps.reconnects)
+                read.add_metric([ingest.device.id], ps.bytes_in)
+                frames.add_metric([ingest.device.id], ps.frames)
+            yield from (opened, reconnects, read, frames)
+
         if gw.monitor is not None:
             g = GaugeMetricFamily("sdgw_clock_synchronised", "1 while the clock is synchronised (D7)")
             g.add_metric([], 1 if gw.monitor.synchronised else 0)

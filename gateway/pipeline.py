@@ -115,7 +115,12 @@ class Pipeline:
         if isinstance(result, Reject):
             st.rejects[result.reason.value] += 1
             batch.dead_letters.append(
-                DeadLetter(f"device:{device.id}", result.reason.value, result.detail, result.raw or payload)
+                DeadLetter(
+                    f"device:{device.id}",
+                    result.reason.value,
+                    result.detail,
+                    self._raw_for_log(device, result.raw or payload),
+                )
             )
             return
         st.events += len(result)
@@ -126,7 +131,9 @@ class Pipeline:
             except LineProtocolError as exc:
                 self.unencodable += 1
                 st.rejects["unencodable"] += 1
-                batch.dead_letters.append(DeadLetter(f"device:{device.id}", "unencodable", str(exc), payload))
+                batch.dead_letters.append(
+                    DeadLetter(f"device:{device.id}", "unencodable", str(exc), self._raw_for_log(device, payload))
+                )
                 continue
             rec = NewRecord(draft.measurement, head, None, draft.identity, draft.klass)
             if trusted and draft.device_ts_ns is not None:
@@ -138,6 +145,30 @@ class Pipeline:
                 rec.mono_ns = arrival.mono_ns + position * RECEIVE_SPACING_NS + index
             batch.records.append(rec)
             st.records += 1
+
+    def serial_batch(self, device: DeviceConfig, items: list, arrival: Arrival) -> AppendBatch:
+        """Frames and framer rejects of one read from a serial port → one unpausable append."""
+        batch = AppendBatch(boot_id=arrival.boot_id, pausable=False)
+        st = self.stats[device.id]
+        for position, item in enumerate(items):
+            if isinstance(item, Reject):
+                st.rejects[item.reason.value] += 1
+                batch.dead_letters.append(
+                    DeadLetter(
+                        f"device:{device.id}", item.reason.value, item.detail, self._raw_for_log(device, item.raw)
+                    )
+                )
+            else:
+                self.decode_into(batch, device, item, arrival, position)
+        return batch
+
+    @staticmethod
+    def _raw_for_log(device: DeviceConfig, raw: bytes) -> bytes:
+        """Dead letters keep raw bytes for inspection, except where they may hold a personal
+        identifier (D1, D13): then only their length."""
+        if lookup(device.model).personal_raw:
+            return f"<{len(raw)} bytes masked: may hold a personal identifier>".encode()
+        return raw
 
     def mqtt_batch(self, messages: list, arrival: Arrival) -> AppendBatch:
         """All PUBLISHes of one received chunk → one append (committed before any PUBACK)."""

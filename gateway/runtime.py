@@ -13,20 +13,23 @@ import logging
 import signal
 import ssl
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import orjson
 
+from devices.registry import lookup
 from gateway import __version__
 from gateway.clock import ClockSource, clock_for
 from gateway.clock_monitor import ClockMonitor
-from gateway.config import GatewayConfig, MqttConfig, read_secret
+from gateway.config import DeviceConfig, GatewayConfig, MqttConfig, read_secret
 from gateway.log.schema import RecordClass
 from gateway.log.store import AppendBatch, AppendResult, DurableLog, NewRecord
 from gateway.pipeline import Pipeline
 from gateway.sinks.lineproto import encode_head
 from gateway.sinks.runner import SinkRunner, runners_for
 from gateway.sources.mqtt_client import AckToken, InboundMessage, MqttClient, MqttMessageSpec, MqttOptions
+from gateway.sources.serial import SerialPort, SerialPortSpec
 
 log = logging.getLogger("sdgw.runtime")
 
@@ -85,6 +88,41 @@ class MqttIngest:
         self.client.ack(token)
 
 
+class SerialIngest:
+    """Glue between one serial port and the log: a read's frames → one unpausable append."""
+
+    def __init__(self, device: DeviceConfig, pipeline: Pipeline, durable_log: DurableLog, monitor: ClockMonitor):
+        self.device = device
+        self.pipeline = pipeline
+        self.log = durable_log
+        self.monitor = monitor
+        self.append_errors = 0
+        model = lookup(device.model)
+        assert model.framer is not None and model.serial is not None
+        settings = model.serial
+        if device.baudrate or device.parity:
+            settings = replace(
+                settings, baudrate=device.baudrate or settings.baudrate, parity=device.parity or settings.parity
+            )
+        spec = SerialPortSpec(
+            name=device.id,
+            path=str(device.port),
+            settings=settings,
+            start_commands=tuple(model.start_commands() if model.start_commands else ()),
+            keepalive_s=model.keepalive_s,
+        )
+        self.port = SerialPort(spec, model.framer, self.on_frames)
+
+    def on_frames(self, items: list) -> None:
+        batch = self.pipeline.serial_batch(self.device, items, self.monitor.arrival())
+        self.log.submit(batch, self._committed)
+
+    def _committed(self, result: AppendResult | BaseException) -> None:
+        if isinstance(result, BaseException):
+            # Serial bytes cannot be re-read: counted, logged once per failure burst by the log.
+            self.append_errors += 1
+
+
 class Gateway:
     def __init__(self, config: GatewayConfig, *, clock_source: ClockSource | None = None) -> None:
         self.config = config
@@ -107,6 +145,7 @@ class Gateway:
         self.mqtt: MqttClient | None = None
         self.monitor: ClockMonitor | None = None
         self.ingest: MqttIngest | None = None
+        self.serial: list[SerialIngest] = []
         self.started_mono = time.monotonic()
         self._stop = asyncio.Event()
 
@@ -178,6 +217,11 @@ class Gateway:
             sources["mqtt"] = {"connected": self.mqtt.connected, "paused": self.log.paused}
             if not self.mqtt.connected:
                 reasons.append("MQTT broker not connected")
+        for ingest in self.serial:
+            ps = ingest.port.stats
+            sources[f"serial:{ingest.device.id}"] = {"open": ps.is_open, "frames": ps.frames, "rejects": ps.rejects}
+            if not ps.is_open:
+                reasons.append(f"serial port of {ingest.device.id} not open")
         if self.log.paused:
             reasons.append("log at its cap: MQTT intake paused")
         clock = {
@@ -231,6 +275,11 @@ class Gateway:
             self.log.on_pressure(self._on_pressure)
             if self.log.paused:
                 self.mqtt.pause()
+        self.serial = [
+            SerialIngest(d, self.pipeline, self.log, self.monitor)
+            for d in self.config.devices
+            if d.transport == "serial"
+        ]
         log.warning("gateway %s starting (log %s)", self.config.gateway.id, self.config.log_path)
         try:
             async with asyncio.TaskGroup() as tg:
@@ -239,6 +288,7 @@ class Gateway:
                 tasks.append(tg.create_task(self._heartbeat(), name="heartbeat"))
                 if self.mqtt is not None:
                     tasks.append(tg.create_task(self.mqtt.run(), name="mqtt"))
+                tasks += [tg.create_task(s.port.run(), name=f"serial-{s.device.id}") for s in self.serial]
                 if self.config.api.enabled:
                     tasks.append(tg.create_task(self._serve_api(), name="api"))
                 await self._stop.wait()

@@ -1,0 +1,175 @@
+"""Serial ports: one task per port, bytes → framer → the caller's frame handler.
+
+The port is opened by its configured path — on a Pi a stable `/dev/serial/by-id/…` name from udev —
+with serialx (Home Assistant's maintained asyncio serial layer) on an `asyncio.Protocol`, like the
+MQTT source. A port missing at start is retried, not fatal; an unplugged one (EIO, the path gone)
+is reopened with capped, jittered backoff. One log line per state change (opened, lost with the
+reason, back with the outage length) and counters for everything else.
+
+Serial intake cannot be paused (the device keeps talking), so its appends are marked unpausable:
+at the log's cap, room is made by compaction instead (decisions.md D5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import serialx
+
+from devices.events import Reject
+from devices.registry import Framer, SerialSettings
+
+log = logging.getLogger("sdgw.serial")
+
+FrameHandler = Callable[[list[bytes | Reject]], None]
+
+
+@dataclass
+class SerialStats:
+    opens: int = 0
+    reconnects: int = 0
+    open_failures: int = 0
+    bytes_in: int = 0
+    frames: int = 0
+    rejects: int = 0
+    writes: int = 0
+    is_open: bool = False
+    last_byte_wall_ns: int = 0
+
+
+@dataclass(frozen=True)
+class SerialPortSpec:
+    name: str  # the device id, for logs and metrics
+    path: str
+    settings: SerialSettings
+    start_commands: tuple[bytes, ...] = ()
+    keepalive_s: float = 0.0
+    keepalive_commands: tuple[bytes, ...] = ()
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
+
+
+class _PortProtocol(asyncio.Protocol):
+    def __init__(self, port: SerialPort) -> None:
+        self.port = port
+        self.framer: Framer = port.framer_factory()
+        self.transport: asyncio.Transport | None = None
+        self.lost: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        st = self.port.stats
+        st.bytes_in += len(data)
+        st.last_byte_wall_ns = time.time_ns()
+        items = self.framer.feed(data)
+        if items:
+            for item in items:
+                if isinstance(item, Reject):
+                    st.rejects += 1
+                else:
+                    st.frames += 1
+            self.port.on_frames(items)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(str(exc) if exc else "closed")
+
+
+class SerialPort:
+    """A serial device's port for the gateway's lifetime: open, read, reopen."""
+
+    def __init__(self, spec: SerialPortSpec, framer_factory: Callable[[], Framer], on_frames: FrameHandler) -> None:
+        self.spec = spec
+        self.framer_factory = framer_factory
+        self.on_frames = on_frames
+        self.stats = SerialStats()
+        self._protocol: _PortProtocol | None = None
+
+    def write(self, data: bytes) -> bool:
+        """Send a command; False when the port is not open (the caller decides what that means)."""
+        proto = self._protocol
+        if proto is None or proto.transport is None or proto.lost.done():
+            return False
+        proto.transport.write(data)
+        self.stats.writes += 1
+        return True
+
+    async def _open(self) -> _PortProtocol:
+        s = self.spec.settings
+        loop = asyncio.get_running_loop()
+        _, proto = await serialx.create_serial_connection(
+            loop,
+            lambda: _PortProtocol(self),
+            self.spec.path,
+            baudrate=s.baudrate,
+            parity={"N": serialx.Parity.NONE, "E": serialx.Parity.EVEN, "O": serialx.Parity.ODD}[s.parity],
+            stopbits=serialx.StopBits.TWO if s.stopbits == 2 else serialx.StopBits.ONE,
+            byte_size=s.bytesize,
+        )
+        return proto  # type: ignore[return-value]
+
+    async def _keepalive(self) -> None:
+        while True:
+            await asyncio.sleep(self.spec.keepalive_s)
+            for cmd in self.spec.keepalive_commands or self.spec.start_commands:
+                self.write(cmd)
+
+    async def run(self) -> None:
+        spec = self.spec
+        attempt = 0
+        down_since: float | None = None
+        reported_missing = False
+        while True:
+            try:
+                proto = await self._open()
+            except (OSError, serialx.SerialException) as exc:
+                self.stats.open_failures += 1
+                if not reported_missing:
+                    log.warning("serial %s: cannot open %s: %s; retrying", spec.name, spec.path, exc)
+                    reported_missing = True
+                    down_since = down_since or time.monotonic()
+                attempt += 1
+                delay = min(spec.reconnect_max_s, spec.reconnect_min_s * 2 ** min(attempt, 10))
+                await asyncio.sleep(random.uniform(spec.reconnect_min_s, max(spec.reconnect_min_s, delay)))
+                continue
+            self._protocol = proto
+            self.stats.opens += 1
+            self.stats.is_open = True
+            waited = time.monotonic() - down_since if down_since is not None else 0.0
+            if self.stats.opens > 1:
+                self.stats.reconnects += 1
+                log.warning("serial %s: %s open again after %.1f s", spec.name, spec.path, waited)
+            else:
+                log.info("serial %s: %s open (after %.1f s waiting)", spec.name, spec.path, waited)
+            down_since = None
+            attempt = 0
+            reported_missing = False
+            for cmd in spec.start_commands:
+                self.write(cmd)
+            keepalive = (
+                asyncio.create_task(self._keepalive(), name=f"serial-keepalive-{spec.name}")
+                if (spec.keepalive_s > 0)
+                else None
+            )
+            try:
+                reason = await proto.lost
+            finally:
+                if keepalive is not None:
+                    keepalive.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await keepalive
+                self.stats.is_open = False
+                self._protocol = None
+                if proto.transport is not None:
+                    proto.transport.close()
+            down_since = time.monotonic()
+            log.warning("serial %s: %s lost: %s; reopening", spec.name, spec.path, reason)
+            await asyncio.sleep(random.uniform(0, spec.reconnect_min_s))
