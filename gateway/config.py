@@ -172,6 +172,18 @@ class StatusConfig(_Model):
     heartbeat_s: float = Field(60.0, gt=0)
 
 
+class RfidConfig(_Model):
+    depart_after_s: float = Field(10.0, gt=0)  # a tag unseen this long has departed
+    summary_interval_s: float = Field(60.0, gt=0)  # dwell summary of each present tag
+    move_margin_db: float = Field(6.0, ge=0)  # RSSI margin for a move to another antenna/reader
+
+
+class PrivacyConfig(_Model):
+    # current and next period's HMAC keys (decisions.md D13), readable by the service user only;
+    # made by the district with `sdgw pseudonym-keys`. Required when a device carries personal IDs.
+    key_file: Path | None = None
+
+
 class ApiConfig(_Model):
     enabled: bool = True  # `sdgw run` serves the API beside ingestion
     host: str = "127.0.0.1"
@@ -191,6 +203,8 @@ class GatewayConfig(_Model):
     devices: list[DeviceConfig] = Field(default_factory=list)
     status: StatusConfig = StatusConfig()
     api: ApiConfig = ApiConfig()
+    rfid: RfidConfig = RfidConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
 
     @model_validator(mode="after")
     def _cross_refs(self) -> GatewayConfig:
@@ -208,6 +222,11 @@ class GatewayConfig(_Model):
                 problems.append(f"device {d.id!r}: site {d.site!r} is not one of [[sites]]")
         if any(d.transport == "mqtt" for d in self.devices) and self.mqtt is None:
             problems.append("MQTT devices are configured but there is no [mqtt] section")
+        personal = [d.id for d in self.devices if MODELS[d.model].personal_raw]
+        if personal and self.privacy.key_file is None:
+            problems.append(
+                f"devices {', '.join(personal)} carry personal identifiers: [privacy] key_file is required"
+            )
         if sum(1 for s in self.sinks if s.query) > 1:
             problems.append("more than one sink has query = true")
         if problems:

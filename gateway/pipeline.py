@@ -8,13 +8,17 @@ per-device counts; they never stop the batch.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from devices.events import CounterInterval, Reject, RejectReason
+from devices.events import CounterInterval, Reject, RejectReason, TagRead
 from devices.registry import lookup
 from gateway.config import DeviceConfig, GatewayConfig
 from gateway.log.store import AppendBatch, DeadLetter, NewRecord
+from gateway.privacy import Pseudonymiser
 from gateway.processors import footfall
+from gateway.processors.presence import PresenceSettings
+from gateway.processors.rfid import STATE_KEY as RFID_STATE_KEY
+from gateway.processors.rfid import RfidStage
 from gateway.records import RecordDraft
 from gateway.sinks.lineproto import LineProtocolError, encode_head
 
@@ -91,14 +95,84 @@ class Pipeline:
             self.stats[d.id] = DeviceStats()
         self.unrouted = 0
         self.unencodable = 0
+        r = config.rfid
+        self.rfid = RfidStage(
+            PresenceSettings(r.depart_after_s, r.summary_interval_s, r.move_margin_db),
+            Pseudonymiser(config.privacy.key_file) if config.privacy.key_file else None,
+        )
 
-    def drafts(self, device: DeviceConfig, events: list) -> list[RecordDraft]:
+    def drafts(self, device: DeviceConfig, events: list, arrival: Arrival, position: int) -> list[RecordDraft]:
         tags = self.base_tags[device.id]
         out = []
         for ev in events:
             if isinstance(ev, CounterInterval):
                 out.append(footfall.interval_draft(tags, device.id, ev))
+            elif isinstance(ev, TagRead):
+                mono = arrival.mono_ns + position * RECEIVE_SPACING_NS
+                wall = arrival.wall_ns if arrival.wall_trusted else None
+                for change in self.rfid.on_read(device.id, tags, ev, mono, wall):
+                    d = self.rfid.draft(change)
+                    out.append(replace(d, mono_ns=change.at_ns))
         return out
+
+    def rfid_tick(self, arrival: Arrival) -> AppendBatch | None:
+        """Departures and dwell summaries that are due (called every second by the runtime)."""
+        changes = self.rfid.tick(arrival.mono_ns)
+        if not changes and not self.rfid.dirty:
+            return None
+        batch = AppendBatch(boot_id=arrival.boot_id, pausable=False)
+        for index, change in enumerate(changes):
+            draft = replace(self.rfid.draft(change), mono_ns=change.at_ns)
+            self._append_draft(batch, None, draft, arrival, 0, index, b"")
+        self._add_state(batch, arrival)
+        return batch
+
+    def _add_state(self, batch: AppendBatch, arrival: Arrival) -> None:
+        if self.rfid.dirty:
+            batch.state[RFID_STATE_KEY] = self.rfid.snapshot(arrival.boot_id)
+            self.rfid.dirty = False
+
+    def restore_state(self, state: dict[str, bytes], boot_id: str) -> None:
+        """Processor state as committed in the log (D1): the gateway picks up where it stopped."""
+        if RFID_STATE_KEY in state:
+            self.rfid.restore(state[RFID_STATE_KEY], boot_id)
+
+    def _append_draft(
+        self,
+        batch: AppendBatch,
+        device: DeviceConfig | None,
+        draft: RecordDraft,
+        arrival: Arrival,
+        position: int,
+        index: int,
+        payload: bytes,
+    ) -> bool:
+        origin = f"device:{device.id}" if device else "gateway"
+        try:
+            head = encode_head(draft.measurement, draft.tags, draft.fields)
+        except LineProtocolError as exc:
+            self.unencodable += 1
+            if device is not None:
+                self.stats[device.id].rejects["unencodable"] += 1
+            raw = self._raw_for_log(device, payload) if device else b""
+            batch.dead_letters.append(DeadLetter(origin, "unencodable", str(exc), raw))
+            return False
+        rec = NewRecord(draft.measurement, head, None, draft.identity, draft.klass)
+        if draft.device_ts_ns is not None and device is not None and device.device_time_trusted:
+            rec.ts_ns = draft.device_ts_ns
+        elif draft.mono_ns is not None:
+            # a state machine's time (monotonic): + index keeps points of one series distinct (D8)
+            if arrival.wall_trusted:
+                rec.ts_ns = draft.mono_ns + (arrival.wall_ns - arrival.mono_ns) + index
+            else:
+                rec.mono_ns = draft.mono_ns + index
+        elif arrival.wall_trusted:
+            # D8: unique within the series: the record's index within its message
+            rec.ts_ns = arrival.wall_ns + position * RECEIVE_SPACING_NS + index
+        else:
+            rec.mono_ns = arrival.mono_ns + position * RECEIVE_SPACING_NS + index
+        batch.records.append(rec)
+        return True
 
     def decode_into(
         self, batch: AppendBatch, device: DeviceConfig, payload: bytes, arrival: Arrival, position: int = 0
@@ -124,27 +198,18 @@ class Pipeline:
             )
             return
         st.events += len(result)
-        trusted = device.device_time_trusted
-        for index, draft in enumerate(self.drafts(device, result)):
-            try:
-                head = encode_head(draft.measurement, draft.tags, draft.fields)
-            except LineProtocolError as exc:
-                self.unencodable += 1
-                st.rejects["unencodable"] += 1
-                batch.dead_letters.append(
-                    DeadLetter(f"device:{device.id}", "unencodable", str(exc), self._raw_for_log(device, payload))
-                )
-                continue
-            rec = NewRecord(draft.measurement, head, None, draft.identity, draft.klass)
-            if trusted and draft.device_ts_ns is not None:
-                rec.ts_ns = draft.device_ts_ns
-            elif arrival.wall_trusted:
-                # D8: unique within the series: the record's index within its message
-                rec.ts_ns = arrival.wall_ns + position * RECEIVE_SPACING_NS + index
-            else:
-                rec.mono_ns = arrival.mono_ns + position * RECEIVE_SPACING_NS + index
-            batch.records.append(rec)
-            st.records += 1
+        try:
+            drafts = self.drafts(device, result, arrival, position)
+        except LookupError as exc:  # e.g. a personal ID with no pseudonym key: never stored clear
+            st.rejects["no_pseudonym_key"] += 1
+            batch.dead_letters.append(
+                DeadLetter(f"device:{device.id}", "no_pseudonym_key", str(exc), self._raw_for_log(device, payload))
+            )
+            return
+        for index, draft in enumerate(drafts):
+            if self._append_draft(batch, device, draft, arrival, position, index, payload):
+                st.records += 1
+        self._add_state(batch, arrival)
 
     def serial_batch(self, device: DeviceConfig, items: list, arrival: Arrival) -> AppendBatch:
         """Frames and framer rejects of one read from a serial port → one unpausable append."""
@@ -163,10 +228,10 @@ class Pipeline:
         return batch
 
     @staticmethod
-    def _raw_for_log(device: DeviceConfig, raw: bytes) -> bytes:
+    def _raw_for_log(device: DeviceConfig | None, raw: bytes) -> bytes:
         """Dead letters keep raw bytes for inspection, except where they may hold a personal
         identifier (D1, D13): then only their length."""
-        if lookup(device.model).personal_raw:
+        if device is None or lookup(device.model).personal_raw:
             return f"<{len(raw)} bytes masked: may hold a personal identifier>".encode()
         return raw
 

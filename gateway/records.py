@@ -18,4 +18,5 @@ class RecordDraft:
     fields: dict[str, FieldValue]
     identity: str | None  # D4: from the payload (device, device time[, index]); None = at-least-once
     device_ts_ns: int | None = None  # the device's own time, used when the device's config trusts it
+    mono_ns: int | None = None  # a time on this boot's monotonic clock (state machines run on it)
     klass: RecordClass = RecordClass.TELEMETRY

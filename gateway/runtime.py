@@ -245,6 +245,15 @@ class Gateway:
             "clock": clock,
         }
 
+    async def _processor_ticks(self) -> None:
+        """Timers of the state machines (RFID departures and dwell summaries)."""
+        assert self.monitor is not None
+        while True:
+            await asyncio.sleep(1.0)
+            batch = self.pipeline.rfid_tick(self.monitor.arrival())
+            if batch is not None:
+                await self.log.append(batch)
+
     def _on_pressure(self, paused: bool) -> None:
         if self.mqtt is not None:
             (self.mqtt.pause if paused else self.mqtt.resume)()
@@ -267,6 +276,7 @@ class Gateway:
         self.log.open(loop)
         c = self.config.clock
         self.monitor = ClockMonitor(self.clock_source, self.log, poll_s=c.poll_s, jump_threshold_s=c.jump_threshold_s)
+        self.pipeline.restore_state(self.log.initial_state, self.monitor.boot_id)
         self.sinks = [*runners_for(self.config, self.log)]
         self.ingest = MqttIngest(self.pipeline, self.log, self.monitor)
         if self.config.mqtt is not None:
@@ -286,6 +296,7 @@ class Gateway:
                 tasks = [tg.create_task(self.monitor.run(), name="clock-monitor")]
                 tasks += [tg.create_task(s.run(), name=f"sink-{s.name}") for s in self.sinks]
                 tasks.append(tg.create_task(self._heartbeat(), name="heartbeat"))
+                tasks.append(tg.create_task(self._processor_ticks(), name="processor-ticks"))
                 if self.mqtt is not None:
                     tasks.append(tg.create_task(self.mqtt.run(), name="mqtt"))
                 tasks += [tg.create_task(s.port.run(), name=f"serial-{s.device.id}") for s in self.serial]

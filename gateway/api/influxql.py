@@ -30,34 +30,19 @@ import httpx
 import orjson
 
 from gateway.config import SinkConfig, read_secret, sink_env_name
+from gateway.errors import (  # defined there, raised and re-exported here
+    InfluxBadAnswer,
+    InfluxDatabaseMissing,
+    InfluxTimeout,
+    InfluxUnreachable,
+)
+from gateway.errors import InfluxQueryError as InfluxQueryError  # re-exported: problems.py, routes/health.py
 
 log = logging.getLogger("sdgw.api.influxql")
 
 _READ_ONLY = re.compile(r"^\s*(SELECT|SHOW)\b", re.IGNORECASE)
 _GET_MAX_QUERY_CHARS = 4000  # keep URLs well under common 8 KiB request-line limits
 _USER_AGENT = "sdgw-api"
-
-
-class InfluxQueryError(Exception):
-    """A query could not be answered. `retry_helps`: whether the same query may succeed later."""
-
-    retry_helps = True
-
-
-class InfluxUnreachable(InfluxQueryError):
-    pass
-
-
-class InfluxTimeout(InfluxQueryError):
-    pass
-
-
-class InfluxDatabaseMissing(InfluxQueryError):
-    pass
-
-
-class InfluxBadAnswer(InfluxQueryError):
-    retry_helps = False
 
 
 def quote_ident(name: str) -> str:

@@ -28,14 +28,11 @@ import uvicorn
 from fastapi import FastAPI
 
 from gateway.config import GatewayConfig
+from gateway.errors import ApiServerError  # defined there, raised and re-exported here
 
 log = logging.getLogger("sdgw.api")
 
 GRACEFUL_S = 5.0
-
-
-class ApiServerError(RuntimeError):
-    """The API could not start (e.g. its port is taken); a retry helps only once that is fixed."""
 
 
 class _EmbeddedServer(uvicorn.Server):

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.errors import LogClosed  # defined there, raised and re-exported here
 from gateway.log import compaction
 from gateway.log.schema import DDL, DROPPABLE, SCHEMA_VERSION, RecordClass
 
@@ -99,10 +100,6 @@ class LogStats:
     paused: bool = False
     last_id: int = 0
     cursors: dict[str, int] = field(default_factory=dict)
-
-
-class LogClosed(RuntimeError):
-    pass
 
 
 _STOP = object()
@@ -196,6 +193,7 @@ class DurableLog:
         self._offsets = dict(conn.execute("SELECT boot_id, offset_ns FROM clock_offsets"))
         self.stats.last_id = conn.execute("SELECT COALESCE(MAX(id), 0) FROM records").fetchone()[0]
         self.stats.cursors = dict(conn.execute("SELECT sink, last_id FROM cursors"))
+        self.initial_state: dict[str, bytes] = dict(conn.execute("SELECT key, value FROM state"))
         self.stats.used_bytes = used_bytes(conn, self.path)
         self.stats.paused = self.stats.used_bytes >= self.pause_bytes
         self._conn = conn

@@ -50,6 +50,8 @@ import math
 import re
 from collections.abc import Mapping
 
+from gateway.errors import LineProtocolError  # defined there, raised and re-exported here
+
 FieldValue = int | float | bool | str
 
 INT64_MIN = -(2**63)
@@ -69,15 +71,6 @@ _CACHE_MAX = 4096
 _measurements: dict[str, str] = {}
 _tag_pairs: dict[tuple[str, str], str] = {}  # (key, value) -> ",key=value", or "" for an empty value
 _field_keys: dict[str, str] = {}
-
-
-class LineProtocolError(ValueError):
-    """A value InfluxDB cannot hold exactly: the record is refused and counted, never sent. A retry
-    cannot help."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 def encode_head(measurement: str, tags: Mapping[str, str], fields: Mapping[str, FieldValue]) -> bytes:
