@@ -147,7 +147,13 @@ class GatewayCollector:
                 ("malformed_packets", "Packets that could not be parsed"),
                 ("oversized_packets", "Packets over max_packet_bytes"),
                 ("reconnects", "Reconnections to the broker"),
+                ("connects", "Successful CONNACKs"),
+                ("connect_failures", "Connection attempts that failed or were refused"),
                 ("acks_sent", "PUBACKs sent"),
+                ("stale_acks", "Acknowledgements dropped because their connection was gone (redelivered instead)"),
+                ("quota_pauses", "Times reading paused because Receive Maximum messages were unacknowledged"),
+                ("published", "Our own PUBLISHes acknowledged (status, birth)"),
+                ("subscribe_failures", "Subscriptions the broker refused"),
             ):
                 c = CounterMetricFamily(f"sdgw_mqtt_{name}", doc)
                 c.add_metric([], getattr(m, name, 0))
