@@ -15,7 +15,7 @@ from gateway import __version__
 from gateway.api import problems
 from gateway.api.context import ApiContext, build_context
 from gateway.api.request_metrics import RequestMetrics
-from gateway.api.routes import gateways, health, metrics
+from gateway.api.routes import gateways, health, metrics, rfid
 
 __all__ = ["ApiContext", "build_context", "create_app"]
 
@@ -49,7 +49,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.state.ctx = ctx
     problems.install(app)
     app.add_middleware(RequestMetrics, registry=ctx.registry)
-    for module in (health, gateways, metrics):
+    for module in (health, gateways, metrics, rfid):
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:
