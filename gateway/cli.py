@@ -92,6 +92,36 @@ def buffer_stats(config: ConfigOpt, json: bool = typer.Option(False, "--json")) 
     )
 
 
+@app.command("pseudonym-keys")
+def pseudonym_keys(
+    secret_file: Annotated[Path, typer.Option(help="the district's secret (kept at the district, never on a gateway)")],
+    out: Annotated[Path, typer.Option(help="the key file to write for one gateway (mode 0600)")],
+    start: Annotated[str, typer.Option(help="first period's start, YYYY-MM-DD (UTC)")],
+    periods: Annotated[int, typer.Option(min=1, max=31, help="periods to include (2: current and next)")] = 2,
+    period_s: Annotated[int, typer.Option(help="period length in seconds")] = 86400,
+) -> None:
+    """District side: derive the per-period pseudonym keys a gateway holds (decisions.md D13)."""
+    import os
+    from datetime import UTC, datetime
+
+    from gateway.privacy import make_key_file
+
+    try:
+        begin = datetime.strptime(start, "%Y-%m-%d").replace(tzinfo=UTC)
+        secret = secret_file.read_bytes().strip()
+    except (ValueError, OSError) as exc:
+        typer.echo(f"pseudonym-keys: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if len(secret) < 16:
+        typer.echo("pseudonym-keys: the district secret must be at least 16 bytes", err=True)
+        raise typer.Exit(2)
+    data = make_key_file(secret, begin, periods, period_s)
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    typer.echo(f"wrote {periods} period key(s) from {start} to {out}")
+
+
 @app.command()
 def devices() -> None:
     """List the supported device models."""
