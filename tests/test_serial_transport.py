@@ -166,3 +166,36 @@ def test_serial_keepalive_resends_commands(tmp_path):
             dev.unplug()
 
     asyncio.run(body())
+
+
+class FlushingLineFramer(LineFramer):
+    def flush(self) -> list[bytes | Reject]:
+        partial, self.buf = self.buf, b""
+        return [Reject(RejectReason.LENGTH, "cut short", partial)] if partial else []
+
+
+def test_serial_silence_flushes_a_partial_frame(tmp_path):
+    """A frame cut short is given up after the line goes silent, not glued to the next frame."""
+
+    async def body():
+        dev = FakeDevice(tmp_path / "reader")
+        dev.plug()
+        got: list = []
+        spec = SerialPortSpec("dev1", str(tmp_path / "reader"), SerialSettings(9600), silence_flush_s=0.05)
+        port = SerialPort(spec, FlushingLineFramer, got.extend)
+        task = asyncio.create_task(port.run())
+        try:
+            await until(lambda: port.stats.is_open, what="open")
+            dev.send(b"trunc")
+            await until(lambda: len(got) == 1, what="partial frame flushed")
+            assert isinstance(got[0], Reject) and got[0].raw == b"trunc"
+            dev.send(b"whole\n")
+            await until(lambda: len(got) == 2, what="next frame")
+            assert got[1] == b"whole"
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            dev.unplug()
+
+    asyncio.run(body())

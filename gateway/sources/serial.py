@@ -53,6 +53,9 @@ class SerialPortSpec:
     keepalive_commands: tuple[bytes, ...] = ()
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 30.0
+    # After this much silence a framer with `flush()` gives up on a partial frame: a frame cut
+    # short must not wait for the next frame's bytes (which could glue into a valid-looking one).
+    silence_flush_s: float = 0.05
 
 
 class _PortProtocol(asyncio.Protocol):
@@ -61,6 +64,8 @@ class _PortProtocol(asyncio.Protocol):
         self.framer: Framer = port.framer_factory()
         self.transport: asyncio.Transport | None = None
         self.lost: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._flush = getattr(self.framer, "flush", None)
+        self._silence: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -69,16 +74,30 @@ class _PortProtocol(asyncio.Protocol):
         st = self.port.stats
         st.bytes_in += len(data)
         st.last_byte_wall_ns = time.time_ns()
-        items = self.framer.feed(data)
-        if items:
-            for item in items:
-                if isinstance(item, Reject):
-                    st.rejects += 1
-                else:
-                    st.frames += 1
-            self.port.on_frames(items)
+        self._hand_over(self.framer.feed(data))
+        if self._flush is not None:
+            if self._silence is not None:
+                self._silence.cancel()
+            self._silence = asyncio.get_running_loop().call_later(self.port.spec.silence_flush_s, self._on_silence)
+
+    def _on_silence(self) -> None:
+        self._silence = None
+        self._hand_over(self._flush())
+
+    def _hand_over(self, items: list) -> None:
+        if not items:
+            return
+        st = self.port.stats
+        for item in items:
+            if isinstance(item, Reject):
+                st.rejects += 1
+            else:
+                st.frames += 1
+        self.port.on_frames(items)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._silence is not None:
+            self._silence.cancel()
         if not self.lost.done():
             self.lost.set_result(str(exc) if exc else "closed")
 
