@@ -9,7 +9,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from devices import vivotek
+from devices import (
+    axis,
+    chafon,
+    kerong,
+    lock8a,
+    locker_mqtt,
+    m100,
+    milesight,
+    milesight_json,
+    modbus_counter,
+    rdm6300,
+    rfid_json,
+    vivotek,
+)
 from devices.events import Event, Reject
 
 
@@ -29,6 +42,9 @@ class Framer(Protocol):
     still comes out. One instance per port; no I/O, no clock."""
 
     def feed(self, chunk: bytes) -> list[bytes | Reject]: ...
+
+    # Optionally also `flush() -> list[bytes | Reject]`: the line went silent, so a partial frame
+    # is given up (as a reject). The serial transport calls it after `silence_flush_s`.
 
 
 @dataclass(frozen=True)
@@ -75,6 +91,187 @@ MODELS: dict[str, DeviceModel] = {
             "footfall (entries, exits, interval_s per line)",
             vivotek.decode,
             True,
+        ),
+        DeviceModel(
+            "lock8a-rs485",
+            "lock8a",
+            (Transport.SERIAL,),
+            PayloadKind.BINARY,
+            "RS-485 8A/80 parcel-locker lock board, XOR BCC: query-all door feedback, unlock; no item "
+            "sensor (device-protocols §5.1)",
+            "locker_door, locker_alarm, locker_command, locker_controller, locker_occupancy",
+            lock8a.decode,
+            False,
+            framer=lock8a.Framer,
+            serial=SerialSettings(9600),
+            start_commands=lock8a.default_poll_commands,  # query-all of board 1; config lists the boards
+            keepalive_s=1.0,  # the poll interval
+        ),
+        DeviceModel(
+            "kerong-cu16",
+            "kerong",
+            (Transport.SERIAL,),
+            PayloadKind.BINARY,
+            "RS-485 Kerong KR-CU16-style lock controller, sum checksum: hooks + item sensors, unlock "
+            "(device-protocols §5.2, integrator-derived)",
+            "locker_door, locker_parcel, locker_alarm, locker_command, locker_controller, locker_occupancy",
+            kerong.decode,
+            False,
+            framer=kerong.Framer,
+            serial=SerialSettings(19200),
+            start_commands=kerong.default_poll_commands,  # status of board 0; config lists the boards
+            keepalive_s=1.0,  # the poll interval
+        ),
+        DeviceModel(
+            "open-locker-mqtt",
+            "locker_mqtt",
+            (Transport.MQTT,),
+            PayloadKind.JSON,
+            "Open-Locker MQTT JSON contract: door snapshots and events, open outcomes, heartbeat, Last "
+            "Will; parcel deposit/pickup extension (device-protocols §5.3)",
+            "locker_door, locker_parcel, locker_alarm, locker_command, locker_controller, locker_occupancy",
+            locker_mqtt.decode,
+            False,
+            personal_raw=True,  # pickup codes, phone numbers, names in our parcel events
+        ),
+        DeviceModel(
+            "milesight-vs133",
+            "milesight",
+            (Transport.MQTT,),
+            PayloadKind.BINARY,
+            "VS133/VS135 LoRaWAN items via the LNS (raw or ChirpStack/TTN JSON): line totals uint32, "
+            "period in/out, regions (device-protocols §4.1)",
+            "footfall (from totals, else periods); region people",
+            milesight.decode_vs133,
+            True,
+        ),
+        DeviceModel(
+            "milesight-vs350",
+            "milesight",
+            (Transport.MQTT,),
+            PayloadKind.BINARY,
+            "VS350 LoRaWAN items via the LNS: totals uint16 (wrap), period, history records, battery, "
+            "temperature, alarms (device-protocols §4.1)",
+            "footfall (from totals, else periods); counter status",
+            milesight.decode_vs350,
+            True,
+        ),
+        DeviceModel(
+            "milesight-vs121",
+            "milesight",
+            (Transport.MQTT,),
+            PayloadKind.BINARY,
+            "VS121 LoRaWAN items via the LNS: people now, region mask, periodic and accumulated "
+            "in/out, people max (device-protocols §4.1)",
+            "footfall; occupancy",
+            milesight.decode_vs121,
+            True,
+        ),
+        DeviceModel(
+            "milesight-vs1xx-json",
+            "milesight_json",
+            (Transport.MQTT,),
+            PayloadKind.JSON,
+            "VS121-P & co. 'Region People Counting' JSON push, local times + zone (device-protocols §4.2)",
+            "occupancy (people, max, regions)",
+            milesight_json.decode,
+            True,
+        ),
+        DeviceModel(
+            "axis-people-counter",
+            "axis",
+            (Transport.MQTT,),
+            PayloadKind.JSON,
+            "AXIS People Counter live-sum.json: cumulative in/out, camera-local time (device-protocols §4.3)",
+            "footfall (from totals)",
+            axis.decode,
+            False,
+        ),
+        DeviceModel(
+            "modbus-rtu-counter",
+            "modbus_counter",
+            (Transport.SERIAL,),
+            PayloadKind.BINARY,
+            "RS-485 Modbus RTU, read holding registers, register map from config (device-protocols §4.7)",
+            "footfall (from totals)",
+            modbus_counter.decode,
+            False,
+            framer=modbus_counter.ModbusRtuFramer,
+            # Modbus over serial line's default is 19200 8E1; config overrides baud and parity
+            serial=SerialSettings(19200, 8, "E", 1),
+            start_commands=lambda: [modbus_counter.read_request()],
+            keepalive_s=10.0,  # the poll interval: the request is re-sent every keepalive
+        ),
+        DeviceModel(
+            "rdm6300",
+            "rdm6300",
+            (Transport.SERIAL,),
+            PayloadKind.BINARY,
+            "125 kHz EM4100 card reader RDM6300/RDM630: STX, 10 hex digits, XOR checksum, ETX; repeats "
+            "while a card is held (device-protocols §1)",
+            "presence (card pseudonyms: arrivals, departures, dwell)",
+            rdm6300.decode,
+            False,
+            framer=rdm6300.Framer,
+            serial=SerialSettings(9600),  # transmit-only: nothing to send
+            personal_raw=True,  # card IDs are personal (D13)
+        ),
+        DeviceModel(
+            "m100",
+            "m100",
+            (Transport.SERIAL,),
+            PayloadKind.BINARY,
+            "UHF EPC Gen2 reader on a Magic RF M100/QM100 module (YRM100, JRD-4035, M5Stack U107): BB…7E "
+            "frames cut by length, multi-poll notices with RSSI (device-protocols §2.1)",
+            "presence (EPC, GTIN for SGTIN-96: arrivals, departures, dwell)",
+            m100.decode,
+            False,
+            framer=m100.Framer,
+            serial=SerialSettings(115200),  # the M5Stack unit's speed; other boards differ: config
+            start_commands=m100.start_commands,  # stop, then multi-poll 65 535 rounds
+            keepalive_s=m100.REARM_S,  # re-arm before the rounds run out
+        ),
+        DeviceModel(
+            "chafon-uhfreader18",
+            "chafon",
+            (Transport.SERIAL,),
+            PayloadKind.BINARY,
+            "UHF EPC Gen2 reader, Chafon UHFReader18 protocol (CF-RU5102 …), CRC-16/MCRF4XX, polled "
+            "inventory without antenna or RSSI (device-protocols §2.2)",
+            "presence (EPC, GTIN for SGTIN-96: arrivals, departures, dwell; no RSSI)",
+            chafon.decode_18,
+            False,
+            framer=chafon.Framer,
+            serial=SerialSettings(57600),  # reader configuration; 115200 also common
+            start_commands=chafon.start_commands_18,  # one inventory request
+            keepalive_s=chafon.POLL_S,  # request/response: poll again at the latest after this
+        ),
+        DeviceModel(
+            "chafon-uhfreader288",
+            "chafon",
+            (Transport.SERIAL,),
+            PayloadKind.BINARY,
+            "UHF EPC Gen2 reader, Chafon UHFReader288 protocol (CF-RU5106/5112, CF-MU80x/90x …), "
+            "CRC-16/MCRF4XX, polled inventory with antenna and raw RSSI (device-protocols §2.2)",
+            "presence (EPC, GTIN for SGTIN-96: arrivals, departures, dwell)",
+            chafon.decode_288,
+            False,
+            framer=chafon.Framer,
+            serial=SerialSettings(57600),  # reader configuration; 115200 also common
+            start_commands=chafon.start_commands_288,  # one inventory request, antenna 1, scan 1 s
+            keepalive_s=chafon.POLL_S,  # request/response: poll again at the latest after this
+        ),
+        DeviceModel(
+            "rfid-mqtt-json",
+            "rfid_mqtt",
+            (Transport.MQTT,),
+            PayloadKind.JSON,
+            "Networked RFID readers publishing our JSON read contract (EPC or EM4100, antenna, RSSI, "
+            "count, time; see devices/rfid_json.py)",
+            "presence (EPC, GTIN for SGTIN-96, card pseudonyms: arrivals, departures, dwell)",
+            rfid_json.decode,
+            False,  # reader clocks are often unsynchronised: trust per device in config
+            personal_raw=True,  # reads may carry EM4100 card IDs (D13)
         ),
     )
 }

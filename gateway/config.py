@@ -224,9 +224,7 @@ class GatewayConfig(_Model):
             problems.append("MQTT devices are configured but there is no [mqtt] section")
         personal = [d.id for d in self.devices if MODELS[d.model].personal_raw]
         if personal and self.privacy.key_file is None:
-            problems.append(
-                f"devices {', '.join(personal)} carry personal identifiers: [privacy] key_file is required"
-            )
+            problems.append(f"devices {', '.join(personal)} carry personal identifiers: [privacy] key_file is required")
         if sum(1 for s in self.sinks if s.query) > 1:
             problems.append("more than one sink has query = true")
         if problems:

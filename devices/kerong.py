@@ -1,0 +1,197 @@
+"""Kerong KR-CU16-style parcel-locker lock controller (16 locks + 16 item sensors per board) — sum checksum.
+
+Source: device-protocols.md §5.2 — integrator code only (a Python KR-CU16 module, a TypeScript CU12/CU16
+module, a Java `CU16Commands` class); no vendor document. Unverified on hardware: §7 lists the hook and
+IR bit polarity as open. RS-485, 19200 8N1 factory default.
+
+    frame             02 STX | ADDR | CMD | data … | 03 ETX | SUM
+    status request    02 | ADDR | 30 | 03 | SUM
+    unlock request    02 | ADDR | 31 | 03 | SUM
+    status response   02 | ADDR | 35 | hook 1–8 | hook 9–16 | IR 1–8 | IR 9–16 | 03 | SUM   (9 bytes)
+
+    offset  width  field
+    0       1      STX 02
+    1       1      ADDR: high nibble board address, low nibble lock number 0–15 (lock 1 = 0); F0 broadcast
+    2       1      CMD (table COMMANDS)
+    3       1      status: hook bits locks 1–8, bit n = lock n+1; 1 = latch closed (DOOR_CLOSING polarity)
+    4       1      status: hook bits locks 9–16
+    5       1      status: IR bits locks 1–8; 1 = item present (per the integrators)
+    6       1      status: IR bits locks 9–16
+    −2      1      ETX 03
+    −1      1      SUM = (sum of all preceding bytes) mod 256
+
+An unlock is answered with a 35 status frame (the integrators read 9 bytes after a 31), so the door the
+unlock moved shows in that status and the next poll; there is no separate "unlock result".
+
+Worked example ([CALC] in §5.2): status of board 0 lock 1 `02 00 30 03 35` (02+00+30+03 = 35);
+unlock board 0 lock 1 `02 00 31 03 36`; reply "locks 1 and 3 latched, item in compartment 1"
+`02 00 35 05 00 01 00 03 40` (02+00+35+05+00+01+00+03 = 40).
+
+Frames whose layout the sources do not give (36 all-boards status, 38 unlock time, 39, the 6-byte
+`STX addr lock cmd ETX SUM` variant, the "WKLY" board) are not claimed: the framer treats them as
+garbage and `decode` answers UNSUPPORTED. Request frames in the receive stream are an echo of our own
+transmission (an echoing adapter): `decode` answers UNSUPPORTED for them; the transport should discard
+exactly the bytes it sent.
+"""
+
+from __future__ import annotations
+
+from devices.events import DoorFeedback, Event, LockStatus, Reject, RejectReason
+
+STX, ETX = 0x02, 0x03
+BROADCAST = 0xF0
+BOARDS = range(0, 16)
+LOCKS = range(1, 17)
+
+COMMANDS = {
+    "status": 0x30,
+    "unlock": 0x31,
+    "status_all_boards": 0x32,
+    "unlock_all": 0x33,  # never sent by the gateway: it opens every door of a board
+    "unlock_time": 0x37,
+    "status_reply": 0x35,
+}
+# command byte → whole frame length, for the frames whose layout the sources give
+FRAME_LEN = {0x30: 5, 0x31: 5, 0x32: 5, 0x33: 5, 0x37: 7, 0x35: 9}
+REQUESTS = frozenset({0x30, 0x31, 0x32, 0x33, 0x37})
+# polarity → the hook-bit value that means "door open"
+OPEN_WHEN_BIT = {DoorFeedback.DOOR_CLOSING: False, DoorFeedback.DOOR_OPENING: True}
+
+MAX_JUNK = 256
+_JUNK_RANK = {RejectReason.SYNC: 0, RejectReason.LENGTH: 1, RejectReason.CHECKSUM: 2}
+
+
+def checksum(data: bytes | bytearray) -> int:
+    return sum(data) & 0xFF
+
+
+def _frame(addr: int, cmd: int, data: bytes = b"") -> bytes:
+    body = bytes([STX, addr, cmd]) + data + bytes([ETX])
+    return body + bytes([checksum(body)])
+
+
+def _addr(board: int, lock: int) -> int:
+    if board not in BOARDS or lock not in LOCKS:
+        raise ValueError(f"board must be 0–15 and lock 1–16, got board {board} lock {lock}")
+    return board << 4 | (lock - 1)
+
+
+def encode_status(board: int, lock: int = 1) -> bytes:
+    """Status of a board (all 16 hooks and IR sensors come back, whichever lock is addressed)."""
+    return _frame(_addr(board, lock), COMMANDS["status"])
+
+
+def encode_unlock(board: int, lock: int) -> bytes:
+    """Pulse one lock. Like every board without a transaction id: never re-send on a lost reply."""
+    return _frame(_addr(board, lock), COMMANDS["unlock"])
+
+
+def default_poll_commands() -> list[bytes]:
+    """The registry's default poll: board 0. Config lists the real boards."""
+    return [encode_status(0)]
+
+
+def decode(
+    frame: bytes, *, received_ns: int, feedback: DoorFeedback = DoorFeedback.DOOR_CLOSING
+) -> list[Event] | Reject:
+    """A 35 status frame → one LockStatus per lock (16), with the item sensor's reading."""
+    del received_ns
+    raw = bytes(frame)
+    if len(frame) < 5:
+        return Reject(RejectReason.LENGTH, f"{len(frame)} bytes, a frame has at least 5", raw)
+    if frame[0] != STX:
+        return Reject(RejectReason.SYNC, f"starts with {frame[0]:02X}, not STX 02", raw)
+    if checksum(frame[:-1]) != frame[-1]:
+        return Reject(RejectReason.CHECKSUM, f"SUM {frame[-1]:02X}, expected {checksum(frame[:-1]):02X}", raw)
+    if frame[-2] != ETX:
+        return Reject(RejectReason.SANITY, "no ETX 03 before the SUM", raw)
+    cmd = frame[2]
+    expected = FRAME_LEN.get(cmd)
+    if expected is None:
+        return Reject(RejectReason.UNSUPPORTED, f"command {cmd:02X}: layout not documented", raw)
+    if len(frame) != expected:
+        return Reject(RejectReason.LENGTH, f"command {cmd:02X} of {len(frame)} bytes, expected {expected}", raw)
+    if cmd in REQUESTS:
+        return Reject(RejectReason.UNSUPPORTED, f"request {cmd:02X} (an echo of our own transmission?)", raw)
+    board = frame[1] >> 4
+    hooks = frame[3] | frame[4] << 8
+    items = frame[5] | frame[6] << 8
+    open_when = OPEN_WHEN_BIT[feedback]
+    return [LockStatus(board, n + 1, bool(hooks >> n & 1) == open_when, bool(items >> n & 1)) for n in range(16)]
+
+
+_FRAME, _NEED, _BAD = 0, 1, 2
+
+
+def _candidate(buf: bytearray) -> tuple[int, int | RejectReason]:
+    """buf starts with STX: (_FRAME, length) | (_NEED, 0) | (_BAD, reason)."""
+    if len(buf) < 3:
+        return _NEED, 0
+    length = FRAME_LEN.get(buf[2])
+    if length is None:
+        return _BAD, RejectReason.SYNC
+    if len(buf) < length:
+        return _NEED, 0
+    if buf[length - 2] == ETX and checksum(buf[: length - 1]) == buf[length - 1]:
+        return _FRAME, length
+    cut_short = STX in buf[1:length]
+    return _BAD, RejectReason.LENGTH if cut_short else RejectReason.CHECKSUM
+
+
+class Framer:
+    """Incremental framing (style.md 7): frames of the documented commands, by their fixed lengths.
+    A garbage run becomes one Reject, sent out before the next good frame (or at `flush`, or at
+    MAX_JUNK bytes)."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._junk = bytearray()
+        self._junk_reason = RejectReason.SYNC
+
+    def feed(self, chunk: bytes) -> list[bytes | Reject]:
+        self._buf += chunk
+        return self._scan(final=False)
+
+    def flush(self) -> list[bytes | Reject]:
+        """The line has been quiet for the inter-frame gap: what is buffered will not grow."""
+        return self._scan(final=True)
+
+    def _add_junk(self, data: bytes | bytearray, reason: RejectReason) -> None:
+        if not self._junk or _JUNK_RANK[reason] > _JUNK_RANK[self._junk_reason]:
+            self._junk_reason = reason
+        self._junk += data
+
+    def _take_junk(self) -> Reject:
+        reject = Reject(self._junk_reason, f"{len(self._junk)} bytes skipped", bytes(self._junk))
+        self._junk.clear()
+        self._junk_reason = RejectReason.SYNC
+        return reject
+
+    def _scan(self, *, final: bool) -> list[bytes | Reject]:
+        out: list[bytes | Reject] = []
+        buf = self._buf
+        while buf:
+            start = buf.find(STX)
+            if start < 0:
+                self._add_junk(buf, RejectReason.SYNC)
+                buf.clear()
+                break
+            if start:
+                self._add_junk(buf[:start], RejectReason.SYNC)
+                del buf[:start]
+            verdict, value = _candidate(buf)
+            if verdict == _FRAME:
+                if self._junk:
+                    out.append(self._take_junk())
+                out.append(bytes(buf[:value]))
+                del buf[:value]
+            elif verdict == _NEED and not final:
+                break
+            else:
+                self._add_junk(buf[:1], value if verdict == _BAD else RejectReason.LENGTH)
+                del buf[:1]
+            if len(self._junk) >= MAX_JUNK:
+                out.append(self._take_junk())
+        if self._junk and (final or len(self._junk) >= MAX_JUNK):
+            out.append(self._take_junk())
+        return out
