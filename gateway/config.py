@@ -68,6 +68,7 @@ class LogConfig(_Model):
     pause_ratio: float = Field(0.9, gt=0, le=1)
     resume_ratio: float = Field(0.8, gt=0, le=1)
     batch_max_records: int = Field(2000, ge=1, le=100_000)
+    commit_interval_s: float = Field(0.02, ge=0, le=1)  # group commit window (decisions.md D2)
     dead_letter_cap: int = Field(10_000, ge=10)
     prune_interval_s: float = Field(1.0, gt=0)
 
@@ -113,8 +114,11 @@ class SinkConfig(_Model):
     token_file: Path | None = None  # or env SDGW_SINK_<NAME>_TOKEN
     gzip: bool = True
     batch_size: int = Field(5000, ge=1, le=100_000)
-    flush_interval_s: float = Field(1.0, gt=0)
+    flush_interval_s: float = Field(0.25, gt=0)
     timeout_s: float = Field(10.0, gt=0)
+    # cap of the jittered retry backoff while InfluxDB is unhealthy: small, so that a sink is back
+    # within seconds of an outage's end (a retry costs one request)
+    retry_max_s: float = Field(5.0, gt=0)
     query: bool | None = None  # the API reads this one (default: the first sink)
 
     @model_validator(mode="after")

@@ -134,6 +134,7 @@ class Gateway:
             pause_ratio=c.pause_ratio,
             resume_ratio=c.resume_ratio,
             batch_max_records=c.batch_max_records,
+            commit_interval_s=c.commit_interval_s,
             dead_letter_cap=c.dead_letter_cap,
             prune_interval_s=c.prune_interval_s,
         )

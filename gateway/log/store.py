@@ -145,6 +145,7 @@ class DurableLog:
         pause_ratio: float = 0.9,
         resume_ratio: float = 0.8,
         batch_max_records: int = 2000,
+        commit_interval_s: float = 0.02,
         dead_letter_cap: int = 10_000,
         prune_interval_s: float = 1.0,
     ) -> None:
@@ -154,6 +155,8 @@ class DurableLog:
         self.pause_bytes = int(cap_bytes * pause_ratio)
         self.resume_bytes = int(cap_bytes * resume_ratio)
         self.batch_max_records = batch_max_records
+        self.commit_interval_s = commit_interval_s
+        self._used_checked = 0.0
         self.dead_letter_cap = dead_letter_cap
         self.prune_interval_s = prune_interval_s
         self.stats = LogStats()
@@ -288,6 +291,10 @@ class DurableLog:
                 item = None
             ops: list[_Op] = []
             size = 0
+            # D2's timer: after the first operation, gather for up to `commit_interval_s` (or until
+            # the batch is full). Measured by `make bench`: at 1,000 msg/s a commit per message
+            # costs ~480 µs of CPU per message, a 20 ms window ~80 µs.
+            deadline = time.monotonic() + self.commit_interval_s
             while item is not None:
                 if item is _STOP:
                     stop = True
@@ -297,11 +304,17 @@ class DurableLog:
                 if stop or size >= self.batch_max_records:
                     break
                 try:
-                    item = self._q.get_nowait()
+                    remaining = deadline - time.monotonic()
+                    item = self._q.get(timeout=remaining) if remaining > 0 else self._q.get_nowait()
                 except queue.Empty:
                     break
             if ops:
-                self._execute(conn, ops)
+                try:
+                    self._execute(conn, ops)
+                except Exception as exc:  # never leave waiters hanging on a dead writer
+                    log.exception("log writer failed")
+                    self._fatal = exc
+                    self._deliver([(op.callback, exc) for op in ops])
             now = time.monotonic()
             if self._prune_owed and now - self._last_prune >= self.prune_interval_s:
                 self._last_prune = now
@@ -352,8 +365,16 @@ class DurableLog:
         if len(st.commit_batch_sizes) < 10_000:
             st.commit_batch_sizes.append(sum(op.size for op in ops if op.kind == "append"))
             st.commit_seconds.append(elapsed)
-        st.last_id = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
-        st.last_id = st.last_id[0] if st.last_id else 0
+        if any(op.kind in ("append", "clock") for op in ops):
+            row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
+            st.last_id = row[0] if row else 0
+        # the size check costs three PRAGMAs and a stat: at most every 50 ms, and always when an
+        # unpausable append may have crossed the cap
+        now = time.monotonic()
+        if not unpausable and now - self._used_checked < 0.05:
+            self._deliver([(op.callback, res) for op, res in zip(ops, results, strict=True)], commit=True)
+            return
+        self._used_checked = now
         used = used_bytes(conn, self.path)
         if unpausable and used > self.cap_bytes:
             used = self._make_room(conn, used)

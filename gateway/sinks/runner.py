@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from gateway.config import GatewayConfig, SinkConfig, read_secret, sink_env_name
 from gateway.log.store import DeadLetter, DurableLog
-from gateway.sinks.influx_http import Dialect, InfluxTarget, InfluxWriter, deliver
+from gateway.sinks.influx_http import Backoff, Dialect, InfluxTarget, InfluxWriter, deliver
 from gateway.sinks.lineproto import LineProtocolError, encode_line
 
 log = logging.getLogger("sdgw.sink")
@@ -56,6 +56,7 @@ class SinkRunner:
         self.log = durable_log
         self.writer = writer or InfluxWriter(target_for(cfg))
         self.stats = SinkStats()
+        self._backoff = Backoff(cap_s=cfg.retry_max_s)
         self._wake = asyncio.Event()
         durable_log.on_commit(self._wake.set)
 
@@ -106,7 +107,11 @@ class SinkRunner:
                         lines.append(encode_line(r.head, r.ts_ns))
                     except LineProtocolError as exc:  # a time InfluxDB cannot hold: never sent
                         rejected.append(DeadLetter(f"sink:{self.name}", "unencodable", str(exc), r.head))
-                report = await deliver(self.writer, lines, on_health=self._on_health) if lines else None
+                report = (
+                    await deliver(self.writer, lines, backoff=self._backoff, on_health=self._on_health)
+                    if lines
+                    else None
+                )
                 if report is not None:
                     rejected += [
                         DeadLetter(f"sink:{self.name}", "influx_rejected", message, lines[index])
