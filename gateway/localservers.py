@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 
 PORT_RANGE = (20000, 32767)
+GUARANTEES = Path(__file__).resolve().parent.parent / "deploy" / "mosquitto" / "sdgw-guarantees.conf"
 
 
 def free_port() -> int:
@@ -135,15 +136,8 @@ per_listener_settings false
 user {getpass.getuser()}
 listener {self.port} 127.0.0.1
 allow_anonymous true
-persistence true
 persistence_location {self.root / "data"}/
-autosave_interval 1
-autosave_on_changes false
-max_queued_messages 1000000
-max_queued_bytes 0
-max_inflight_messages 0
-max_inflight_bytes 0
-max_packet_size 1048576
+{GUARANTEES.read_text()}
 log_dest stderr
 log_type error
 log_type warning
