@@ -139,3 +139,53 @@ def test_rfid_serial_readers_to_presence_api_with_unplug_and_privacy(tmp_path, i
         for text in outputs:
             assert card not in text and card.lower() not in text
         assert card.encode() not in log_db and card.lower().encode() not in log_db
+
+
+def test_rfid_mqtt_json_reader_to_presence(tmp_path, mosquitto, influxdb):
+    """A networked reader's JSON over MQTT → presence at its sub-reader → the API (same stage as serial)."""
+    import paho.mqtt.publish as publish
+    from rfid_mqtt_reader import reads_payload
+
+    api_port = free_port()
+    sink = {"name": "edge", "url": influxdb.url, "dialect": "v1", "database": influxdb.db, "flush_interval_s": 0.1}
+    cfg = gateway_config(tmp_path, broker_port=mosquitto.port, sinks=[sink], cameras=[], api_port=api_port)
+    cfg += '[[devices]]\nid = "hub"\nmodel = "rfid-mqtt-json"\nsite = "shop-1"\ntopic = "rfid/hub/reads"\n'
+    key_file = tmp_path / "pseudonym-keys.json"
+    secret = tmp_path / "district-secret"
+    secret.write_bytes(b"district secret for tests only!!")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "pseudonym-keys",
+            "--secret-file",
+            str(secret),
+            "--out",
+            str(key_file),
+            "--start",
+            datetime.now(UTC).strftime("%Y-%m-%d"),
+        ],
+        check=True,
+        cwd=ROOT,
+        capture_output=True,
+    )
+    cfg += f'[rfid]\ndepart_after_s = 30\nsummary_interval_s = 5\n[privacy]\nkey_file = "{key_file}"\n'
+    with GatewayProcess(tmp_path, cfg) as gw:
+        op = gw.cli("keys", "create", "--role", "operator")
+        auth = {"Authorization": f"Bearer {op.stdout.strip()}"}
+        wait_for(lambda: "connected" in gw.log_text().lower(), timeout_s=15, what="gateway connected")
+        reads = [{"epc": e, "antenna": 2, "rssi": -60, "count": 3} for e in EPCS[:2]]
+        publish.single(
+            "rfid/hub/reads", reads_payload("door-west", reads), qos=1, hostname="127.0.0.1", port=mosquitto.port
+        )
+
+        def present() -> list:
+            r = httpx.get(f"http://127.0.0.1:{api_port}/v1/rfid/readers/hub/door-west/present", headers=auth, timeout=2)
+            return r.json()["items"] if r.status_code == 200 else []
+
+        items = wait_for(lambda: len(present()) == 2 and present(), timeout_s=20, what="two items present")
+    assert {(i["epc"], i["antenna"], i["gtin"]) for i in items} == {
+        (EPCS[0], 2, "80614141123458"),
+        (EPCS[1], 2, "80614141123458"),
+    }
