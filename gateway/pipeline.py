@@ -10,18 +10,20 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
-from devices.events import CounterInterval, Reject, RejectReason, TagRead
+from devices.events import CounterInterval, CounterPeriod, CounterTotals, Reject, RejectedTail, RejectReason, TagRead
 from devices.registry import lookup
 from gateway.config import DeviceConfig, GatewayConfig
 from gateway.log.store import AppendBatch, DeadLetter, NewRecord
 from gateway.privacy import Pseudonymiser
 from gateway.processors import footfall
+from gateway.processors.counters import CounterProcessor, footfall_draft, gauge_draft
 from gateway.processors.presence import PresenceSettings
 from gateway.processors.rfid import STATE_KEY as RFID_STATE_KEY
 from gateway.processors.rfid import RfidStage
 from gateway.records import RecordDraft
 from gateway.sinks.lineproto import LineProtocolError, encode_head
 
+COUNTERS_STATE_KEY = "counters"
 RECEIVE_SPACING_NS = 1_000  # between payloads of one chunk; room for 1,000 records per payload
 
 
@@ -95,6 +97,7 @@ class Pipeline:
             self.stats[d.id] = DeviceStats()
         self.unrouted = 0
         self.unencodable = 0
+        self.counters = CounterProcessor()
         r = config.rfid
         self.rfid = RfidStage(
             PresenceSettings(r.depart_after_s, r.summary_interval_s, r.move_margin_db),
@@ -104,9 +107,18 @@ class Pipeline:
     def drafts(self, device: DeviceConfig, events: list, arrival: Arrival, position: int) -> list[RecordDraft]:
         tags = self.base_tags[device.id]
         out = []
+        if any(isinstance(ev, (CounterTotals, CounterPeriod)) for ev in events):
+            # cumulative and per-period styles: one payload at a time through the counter state (§4.8)
+            counter_events = [ev for ev in events if isinstance(ev, (CounterTotals, CounterPeriod))]
+            for delta in self.counters.process(
+                device.id, counter_events, received_ns=arrival.wall_ns, device_time_trusted=device.device_time_trusted
+            ):
+                out.append(footfall_draft(tags, delta))
         for ev in events:
             if isinstance(ev, CounterInterval):
                 out.append(footfall.interval_draft(tags, device.id, ev))
+            elif (gauge := gauge_draft(tags, device.id, ev)) is not None:
+                out.append(gauge)
             elif isinstance(ev, TagRead):
                 mono = arrival.mono_ns + position * RECEIVE_SPACING_NS
                 wall = arrival.wall_ns if arrival.wall_trusted else None
@@ -128,12 +140,16 @@ class Pipeline:
         return batch
 
     def _add_state(self, batch: AppendBatch, arrival: Arrival) -> None:
+        if self.counters.dirty:
+            batch.state[COUNTERS_STATE_KEY] = self.counters.to_bytes()
         if self.rfid.dirty:
             batch.state[RFID_STATE_KEY] = self.rfid.snapshot(arrival.boot_id)
             self.rfid.dirty = False
 
     def restore_state(self, state: dict[str, bytes], boot_id: str) -> None:
         """Processor state as committed in the log (D1): the gateway picks up where it stopped."""
+        if COUNTERS_STATE_KEY in state:
+            self.counters.restore(state[COUNTERS_STATE_KEY])
         if RFID_STATE_KEY in state:
             self.rfid.restore(state[RFID_STATE_KEY], boot_id)
 
@@ -197,6 +213,15 @@ class Pipeline:
                 )
             )
             return
+        tail = [ev for ev in result if isinstance(ev, RejectedTail)]
+        if tail:  # the events before an undecodable item are kept; the payload is dead-lettered once
+            result = [ev for ev in result if not isinstance(ev, RejectedTail)]
+            st.rejects[tail[0].reason.value] += 1
+            batch.dead_letters.append(
+                DeadLetter(
+                    f"device:{device.id}", tail[0].reason.value, tail[0].detail, self._raw_for_log(device, payload)
+                )
+            )
         st.events += len(result)
         try:
             drafts = self.drafts(device, result, arrival, position)
