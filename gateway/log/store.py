@@ -259,9 +259,12 @@ class DurableLog:
         self._q.put(_Op(kind, payload, done, size))
         return await fut
 
-    def read_pending(self, conn: sqlite3.Connection, sink: str, limit: int) -> list[PendingRecord]:
-        """Records after `sink`'s cursor, oldest first (call from a worker thread, own connection)."""
-        cursor = self.stats.cursors.get(sink, 0)
+    def read_pending(
+        self, conn: sqlite3.Connection, sink: str, limit: int, after_id: int | None = None
+    ) -> list[PendingRecord]:
+        """Records after `sink`'s cursor (or after `after_id`), oldest first (call from a worker
+        thread, with a connection of its own)."""
+        cursor = self.stats.cursors.get(sink, 0) if after_id is None else after_id
         rows = conn.execute(
             "SELECT id, head, ts_ns FROM records WHERE id > ? ORDER BY id LIMIT ?", (cursor, limit)
         ).fetchall()

@@ -88,30 +88,50 @@ class SinkRunner:
             except TimeoutError:
                 return
 
+    def _prepare(self, conn, after_id: int | None) -> tuple[list, list[bytes], list[DeadLetter]]:
+        """Read a batch and encode it (in a worker thread: keeps the event loop for intake)."""
+        rows = self.log.read_pending(conn, self.name, self.cfg.batch_size, after_id)
+        lines: list[bytes] = []
+        rejected: list[DeadLetter] = []
+        for r in rows:
+            try:
+                lines.append(encode_line(r.head, r.ts_ns))
+            except LineProtocolError as exc:  # a time InfluxDB cannot hold: never sent
+                rejected.append(DeadLetter(f"sink:{self.name}", "unencodable", str(exc), r.head))
+        return rows, lines, rejected
+
     async def run(self) -> None:
         conn = self.log.reader()
+        prefetched = None
         try:
             while True:
-                await self._wait_for_batch()
-                committed_before_read = self.log.stats.last_id
-                rows = await asyncio.to_thread(self.log.read_pending, conn, self.name, self.cfg.batch_size)
-                if not rows:
-                    # pending_count counts ids, and compaction leaves gaps: nothing up to what was
-                    # committed before the read is left, so the cursor may skip the gap.
-                    await self.log.advance(self.name, committed_before_read)
-                    continue
-                lines: list[bytes] = []
-                rejected: list[DeadLetter] = []
-                for r in rows:
-                    try:
-                        lines.append(encode_line(r.head, r.ts_ns))
-                    except LineProtocolError as exc:  # a time InfluxDB cannot hold: never sent
-                        rejected.append(DeadLetter(f"sink:{self.name}", "unencodable", str(exc), r.head))
-                report = (
-                    await deliver(self.writer, lines, backoff=self._backoff, on_health=self._on_health)
+                if prefetched is None:
+                    await self._wait_for_batch()
+                    committed_before_read = self.log.stats.last_id
+                    rows, lines, rejected = await asyncio.to_thread(self._prepare, conn, None)
+                    if not rows:
+                        # pending_count counts ids, and compaction leaves gaps: nothing up to what
+                        # was committed before the read is left, so the cursor may skip the gap.
+                        await self.log.advance(self.name, committed_before_read)
+                        continue
+                else:
+                    rows, lines, rejected = prefetched
+                    prefetched = None
+                post = (
+                    asyncio.create_task(deliver(self.writer, lines, backoff=self._backoff, on_health=self._on_health))
                     if lines
                     else None
                 )
+                # Draining a backlog: read and encode the next full batch while this one is in
+                # flight (the cursor still moves strictly in order, after each 2xx).
+                if post is not None and self.log.stats.last_id - rows[-1].id >= self.cfg.batch_size:
+                    try:
+                        nxt = await asyncio.to_thread(self._prepare, conn, rows[-1].id)
+                    except BaseException:
+                        post.cancel()
+                        raise
+                    prefetched = nxt if nxt[0] else None
+                report = await post if post is not None else None
                 if report is not None:
                     rejected += [
                         DeadLetter(f"sink:{self.name}", "influx_rejected", message, lines[index])
