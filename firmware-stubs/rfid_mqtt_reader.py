@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import random
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import orjson
+from mqtt_out import publish_all
 from rfid_sim import Population, Stay, em4100_population, epc_population
 
 
@@ -90,41 +90,6 @@ class ReaderFleet:
             yield self.topic(reader), reads_payload(reader, reads, vendor_keys=vendor)
             if self.garbage_ratio and rng.random() < self.garbage_ratio:
                 yield self.topic(reader), b'{"reader": "' + reader.encode() + b'", "reads": [{"epc": "30'
-
-
-def publish_all(
-    host: str,
-    port: int,
-    messages: Iterator[tuple[str, bytes]],
-    *,
-    rate: float = 0.0,
-    qos: int = 1,
-    client_id: str = "",
-    stop: threading.Event | None = None,
-) -> int:
-    """Publish with paho-mqtt 2.x (what real readers use), paced at `rate` msg/s (0 = as fast as the
-    broker takes them). Returns how many the broker acknowledged."""
-    from paho.mqtt import client as mqtt_client
-
-    client = mqtt_client.Client(mqtt_client.CallbackAPIVersion.VERSION2, client_id=client_id)
-    client.max_inflight_messages_set(1000)
-    client.connect(host, port, keepalive=30)
-    client.loop_start()
-    infos, sent, t0 = [], 0, time.monotonic()
-    try:
-        for topic, payload in messages:
-            if stop is not None and stop.is_set():
-                break
-            infos.append(client.publish(topic, payload, qos=qos))
-            sent += 1
-            if rate > 0 and (delay := t0 + sent / rate - time.monotonic()) > 0:
-                time.sleep(delay)
-        for info in infos:
-            info.wait_for_publish(timeout=60)
-        return sum(1 for i in infos if i.is_published())
-    finally:
-        client.loop_stop()
-        client.disconnect()
 
 
 def main() -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import orjson
+from mqtt_out import publish_all
 
 
 def _iso(ts_s: int) -> str:
@@ -99,46 +99,6 @@ class Street:
                 yield self.topic(camera), payload
             if self.garbage_ratio and rng.random() < self.garbage_ratio:
                 yield self.topic(camera), b'{"Data": [{"RuleType": "Counting", "CountingInfo": [{"In": '
-
-
-def publish_all(
-    host: str,
-    port: int,
-    messages: Iterator[tuple[str, bytes]],
-    *,
-    rate: float = 0.0,
-    qos: int = 1,
-    client_id: str = "",
-    stop: threading.Event | None = None,
-) -> int:
-    """Publish with paho-mqtt (what real devices use), QoS 1, paced at `rate` msg/s (0 = as fast as
-    the broker takes them). Returns how many were acknowledged by the broker."""
-    import paho.mqtt.client as mqtt
-
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
-    client.max_inflight_messages_set(1000)
-    client.max_queued_messages_set(0)
-    client.connect(host, port, keepalive=30)
-    client.loop_start()
-    infos = []
-    sent = 0
-    t0 = time.monotonic()
-    try:
-        for topic, payload in messages:
-            if stop is not None and stop.is_set():
-                break
-            infos.append(client.publish(topic, payload, qos=qos))
-            sent += 1
-            if rate > 0:
-                delay = t0 + sent / rate - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-        for info in infos:
-            info.wait_for_publish(timeout=60)
-        return sum(1 for i in infos if i.is_published())
-    finally:
-        client.loop_stop()
-        client.disconnect()
 
 
 def main() -> None:
