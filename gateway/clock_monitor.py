@@ -28,8 +28,8 @@ class ClockMonitor:
         self.boot_id = first.boot_id
         self.synchronised = first.synchronised
         # Already synchronised earlier in this boot (a restart of the gateway)? Then wall time is good.
-        self.wall_trusted = first.boot_id in durable_log._offsets
-        self.offset_ns: int | None = durable_log._offsets.get(first.boot_id)
+        self.offset_ns: int | None = durable_log.clock_offset(first.boot_id)
+        self.wall_trusted = self.offset_ns is not None
         self.jumps = 0
         self.sync_losses = 0
 

@@ -217,6 +217,10 @@ class DurableLog:
     def on_commit(self, listener: Callable[[], None]) -> None:
         self._commit_listeners.append(listener)
 
+    def clock_offset(self, boot_id: str) -> int | None:
+        """The committed (wall − monotonic) offset of `boot_id`, if that boot was ever synchronised."""
+        return self._offsets.get(boot_id)
+
     @property
     def paused(self) -> bool:
         return self.stats.paused
