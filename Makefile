@@ -19,6 +19,7 @@ test: setup
 
 bench: setup
 	$(PY) tests/bench/run_bench.py
+	$(PY) tests/bench/rfid_bench.py
 
 lint: setup
 	$(PY) -m ruff check .

@@ -23,6 +23,8 @@ epcpy exception means "not an SGTIN-96", never an error of the read.
 
 from __future__ import annotations
 
+import functools
+
 import string
 from dataclasses import dataclass
 
@@ -50,8 +52,12 @@ class Sgtin96:
         return f"(01){self.gtin14}(21){self.serial}"
 
 
+@functools.lru_cache(maxsize=8192)
 def sgtin96(epc_hex: str) -> Sgtin96 | None:
-    """The SGTIN-96 fields of an EPC, or None when it is another scheme or not a valid SGTIN-96."""
+    """The SGTIN-96 fields of an EPC, or None when it is another scheme or not a valid SGTIN-96.
+
+    Cached: a reader sees the same few hundred tags many times a second, and epcpy's parse costs
+    more than the rest of the read's path together (pure function, immutable result)."""
     if len(epc_hex) != SGTIN96_HEX_DIGITS or not _HEX.issuperset(epc_hex) or int(epc_hex[:2], 16) != SGTIN96_HEADER:
         return None
     try:

@@ -234,7 +234,6 @@ class Pipeline:
         for index, draft in enumerate(drafts):
             if self._append_draft(batch, device, draft, arrival, position, index, payload):
                 st.records += 1
-        self._add_state(batch, arrival)
 
     def serial_batch(self, device: DeviceConfig, items: list, arrival: Arrival) -> AppendBatch:
         """Frames and framer rejects of one read from a serial port → one unpausable append."""
@@ -250,6 +249,7 @@ class Pipeline:
                 )
             else:
                 self.decode_into(batch, device, item, arrival, position)
+        self._add_state(batch, arrival)  # once per batch: the state as of its last payload
         return batch
 
     @staticmethod
@@ -273,4 +273,5 @@ class Pipeline:
                 )
                 continue
             self.decode_into(batch, device, msg.payload, arrival, position)
+        self._add_state(batch, arrival)  # once per batch: the state as of its last payload
         return batch

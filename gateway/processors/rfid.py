@@ -40,6 +40,7 @@ class RfidStage:
         self.meta: dict[str, TagMeta] = {}
         self.reader_tags: dict[str, dict[str, str]] = {}  # reader key → base tags of its device
         self.dirty = False
+        self.reads_pending = False
 
     def tag_key(self, read: TagRead, wall_ns: int | None) -> tuple[str, str | None]:
         """The tracker's key for a tag: the EPC, or the card's pseudonym (the clear ID stops here)."""
@@ -57,14 +58,22 @@ class RfidStage:
         reader = f"{device_id}/{read.reader}" if read.reader else device_id
         if reader not in self.reader_tags:
             self.reader_tags[reader] = {**base_tags, "reader": reader}
-        self.meta[key] = TagMeta(read.tag_kind, read.gtin14, read.serial, period)
-        self.dirty = True
-        return self.tracker.on_read(key, reader, read.antenna, read.rssi_dbm, read.read_count, mono_ns)
+        if key not in self.meta:
+            self.meta[key] = TagMeta(read.tag_kind, read.gtin14, read.serial, period)
+        changes = self.tracker.on_read(key, reader, read.antenna, read.rssi_dbm, read.read_count, mono_ns)
+        if changes:
+            self.dirty = True  # committed with the records it produced
+        else:
+            # only last-seen times and read counts moved: snapshotting every present tag on every
+            # read made the state cost O(tags) per read; the next tick (≤ 1 s) commits them instead
+            self.reads_pending = True
+        return changes
 
     def tick(self, mono_ns: int) -> list[PresenceChange]:
         changes = self.tracker.tick(mono_ns)
-        if changes:
+        if changes or self.reads_pending:
             self.dirty = True
+            self.reads_pending = False
         return changes
 
     def draft(self, change: PresenceChange) -> RecordDraft:
