@@ -24,7 +24,6 @@ epcpy exception means "not an SGTIN-96", never an error of the read.
 from __future__ import annotations
 
 import functools
-
 import string
 from dataclasses import dataclass
 
