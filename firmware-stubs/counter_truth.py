@@ -57,6 +57,10 @@ class CumulativeTruth:
     def value(self, key: tuple) -> int:
         return self._d(key).value
 
+    def seen(self, key: tuple) -> bool:
+        """Whether a report of this key has reached the gateway yet."""
+        return self._d(key).reported is not None
+
     def delivered(self, key: tuple) -> None:
         """A report of the current value reached the gateway."""
         d = self._d(key)

@@ -28,6 +28,7 @@ import base64
 import random
 import struct
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -110,6 +111,7 @@ class Street:
     _last_totals: dict = field(default_factory=dict)
     _last_period: dict = field(default_factory=dict)
     _live_period_acc: list = field(default_factory=list)
+    _periods_before_totals: Counter = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
         if self.model not in WIDTH or self.style not in ("totals", "period", "both"):
@@ -124,8 +126,12 @@ class Street:
 
     @property
     def countable(self):
-        """What a correct gateway counts: totals win where the device sends them (the processor's rule)."""
-        return self.periods.countable if self.style == "period" else self.totals.countable
+        """What a correct gateway counts: totals win where the device sends them (the processor's rule),
+        and a period that arrives before any totals of its line (the first totals uplink lost) counts:
+        those totals only seed the baseline later."""
+        if self.style == "period":
+            return self.periods.countable
+        return self.totals.countable + self._periods_before_totals
 
     @property
     def truth(self):
@@ -247,11 +253,14 @@ class Street:
                     continue
                 self._stored.pop(device, None)
                 msg = (self.topic(device), self._wrap(device, t_s + k, items))
+                lines_with_totals = {key[:2] for kind, key, _ in acc if kind == "totals"}
                 for kind, key, value in acc:
                     if kind == "totals":
                         self.totals.delivered(key)
                     else:
                         self.periods.delivered(key, value)
+                        if key[:2] not in lines_with_totals and not self.totals.seen(key):
+                            self._periods_before_totals[key] += value
                 published.append(msg)
                 self.sent += 1
                 yield msg
