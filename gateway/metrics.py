@@ -153,6 +153,7 @@ class GatewayCollector:
                 ("stale_acks", "Acknowledgements dropped because their connection was gone (redelivered instead)"),
                 ("quota_pauses", "Times reading paused because Receive Maximum messages were unacknowledged"),
                 ("published", "Our own PUBLISHes acknowledged (status, birth)"),
+                ("publish_rejected", "Our own QoS 1 PUBLISHes the broker refused (PUBACK reason ≥ 0x80)"),
                 ("subscribe_failures", "Subscriptions the broker refused"),
             ):
                 c = CounterMetricFamily(f"sdgw_mqtt_{name}", doc)

@@ -406,3 +406,34 @@ def test_options_reject_settings_that_lose_data():
     with pytest.raises(ValueError, match="QoS"):
         MqttOptions("h", 1, "id", subscriptions=(("a/#", 2),))
     assert "secret" not in repr(MqttOptions("h", 1, "id", password="secret"))
+
+
+def test_publish_waiting_for_a_connection_fails_as_soon_as_shutdown_starts():
+    """A publish that waits for a broker (none here) must not sit out its own timeout once the
+    client shuts down: it fails with MqttClosed at once."""
+    from gateway.errors import MqttClosed
+
+    async def main() -> float:
+        client = MqttClient(MqttOptions("127.0.0.1", 1, "unit"), lambda msgs, tok: None)
+        pending = asyncio.create_task(client.publish("t", b"x", qos=0, timeout_s=30))
+        await asyncio.sleep(0.05)
+        t0 = asyncio.get_running_loop().time()
+        await client.shutdown(timeout_s=0.1)
+        with pytest.raises(MqttClosed):
+            await pending
+        return asyncio.get_running_loop().time() - t0
+
+    assert asyncio.run(main()) < 2.0
+
+
+@in_loop
+def test_rejected_puback_is_counted_apart_from_published():
+    h = Harness()
+    ok_pid, _ = h.client._queue_publish("sdgw/s/status", b"{}", True, None)
+    bad_pid, _ = h.client._queue_publish("not/allowed", b"{}", False, None)
+    h.proto.data_received(
+        mqtt5.PubAckPacket(ok_pid).write()
+        + mqtt5.PubAckPacket(bad_pid, reason_code=mqtt5.PubAckReasonCode.NOT_AUTHORIZED).write()
+    )
+    assert h.client.stats.published == 1
+    assert h.client.stats.publish_rejected == 1

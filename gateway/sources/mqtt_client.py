@@ -146,6 +146,7 @@ class MqttClient:
         self._subscribed = asyncio.Event()
         self._paused = False
         self._stopping = False
+        self._stopped = asyncio.Event()  # set when a shutdown starts: publishers waiting stop waiting
         self._running = False
         self._run_done: asyncio.Future[None] | None = None
         self._wake: asyncio.Future[None] | None = None
@@ -246,7 +247,7 @@ class MqttClient:
             raise MqttClosed("the MQTT client is shut down")
         async with asyncio.timeout(timeout_s):
             if qos == 0:
-                await self._ready.wait()
+                await self._until_ready()
                 assert self._conn is not None
                 data = mqtt5.PublishPacket(topic, payload, retain=retain).write()
                 if self._out_max_bytes is not None and len(data) > self._out_max_bytes:
@@ -258,6 +259,8 @@ class MqttClient:
                 slot: asyncio.Future[None] = asyncio.get_running_loop().create_future()
                 self._slot_waiters.append(slot)
                 await slot
+                if self._stopping:
+                    raise MqttClosed("the MQTT client is shut down")
             waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
             pid, entry = self._queue_publish(topic, payload, retain, waiter)
             try:
@@ -268,6 +271,20 @@ class MqttClient:
         if reason >= 0x80:
             raise MqttPublishRejected(f"broker rejected PUBLISH to {topic!r}: {mqtt5.PubAckReasonCode(reason).name}")
 
+    async def _until_ready(self) -> None:
+        """Until connected; MqttClosed as soon as a shutdown starts (not at the caller's timeout)."""
+        if self._ready.is_set():
+            return
+        ready = asyncio.ensure_future(self._ready.wait())
+        stopped = asyncio.ensure_future(self._stopped.wait())
+        try:
+            await asyncio.wait((ready, stopped), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
+            stopped.cancel()
+        if self._stopping:
+            raise MqttClosed("the MQTT client is shut down")
+
     async def shutdown(self, timeout_s: float = 5.0) -> None:
         """Stop reading, wait (up to `timeout_s`) until every delivered message is acked and our
         QoS 1 publishes are answered, then DISCONNECT normally (the broker drops the will) and
@@ -275,7 +292,12 @@ class MqttClient:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         self._stopping = True
+        self._stopped.set()
         self._ready.clear()
+        for slot in self._slot_waiters:  # publishers waiting for a free packet id: fail them now
+            if not slot.done():
+                slot.set_result(None)
+        self._slot_waiters.clear()
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
         conn = self._conn
@@ -516,7 +538,10 @@ class MqttClient:
         entry = self._outgoing.get(pid)
         if entry is None:
             return  # the publisher timed out and let the id go
-        self.stats.published += 1
+        if int(reason) >= 0x80:
+            self.stats.publish_rejected += 1
+        else:
+            self.stats.published += 1
         if entry.waiter is None:
             self._release(pid)
         elif not entry.waiter.done():

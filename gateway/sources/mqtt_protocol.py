@@ -86,7 +86,8 @@ class MqttStats:
     wildcard topic, QoS 2, an unexpected packet), malformed_packets, oversized_packets,
     connects, reconnects, connect_failures, acks_sent (PUBACKs written), stale_acks (tokens of
     an earlier connection), quota_pauses (reads paused at receive_max), paused (gauge: 1 while
-    the socket is not read), published (our publishes, QoS 1 once acked), subscribe_failures.
+    the socket is not read), published (our publishes, QoS 1 once acked with success),
+    publish_rejected (QoS 1 PUBACKs with an error reason), subscribe_failures.
     """
 
     __slots__ = (
@@ -98,6 +99,7 @@ class MqttStats:
         "oversized_packets",
         "paused",
         "protocol_violations",
+        "publish_rejected",
         "published",
         "quota_pauses",
         "reconnects",
