@@ -20,6 +20,7 @@ test: setup
 bench: setup
 	$(PY) tests/bench/run_bench.py
 	$(PY) tests/bench/rfid_bench.py
+	$(PY) tests/bench/footfall_api_bench.py
 
 lint: setup
 	$(PY) -m ruff check .

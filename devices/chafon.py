@@ -31,7 +31,10 @@ also gives an InventoryRound; `is_complete` (status ≠ 0x03) tells the gateway 
 
 The reader is request/response: the gateway sends an inventory command, reads frames until one has
 `is_complete`, then sends the next (or after `POLL_S` at the latest). Get Reader Info (0x21) →
-ReaderInfo; any other answer → ReaderReply.
+ReaderInfo; any other answer → ReaderReply. `match_answer` is that rule for the poll loop: a frame
+with the request's reCmd (and the request's address, unless it was broadcast) answers it; an
+inventory frame with status 0x03 is PART of the round (InventoryRound.is_complete False), any other
+is its LAST frame — the cue for the next inventory (reply-driven pacing).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from typing import NamedTuple
 
 from devices import epc
 from devices.events import (
+    Answer,
     Event,
     InventoryRound,
     ReaderFault,
@@ -56,6 +60,8 @@ RAW_MAX = 256
 CMD_INVENTORY, CMD_READER_INFO = 0x01, 0x21
 BROADCAST = 0xFF
 POLL_S = 1.2  # at the latest, poll again: longer than the 1 s scan time the start commands ask for
+MIN_ROUND_S = 0.02  # the poll loop's default floor between rounds (a reader's scan time paces it)
+INTER_FRAME_GAP_S = 0.005
 STATUS_MORE = 0x03
 STATUS_MEMORY_FULL = 0x04
 STATUS_NO_TAG = 0xFB
@@ -171,6 +177,26 @@ def start_commands_18() -> list[bytes]:
 
 def start_commands_288() -> list[bytes]:
     return [inventory_288(scan_time_ms=1000)]
+
+
+def poll_requests_18(address: int = BROADCAST) -> list[bytes]:
+    return [inventory_18(address)]
+
+
+def poll_requests_288(address: int = BROADCAST) -> list[bytes]:
+    return [inventory_288(address, scan_time_ms=1000)]
+
+
+def match_answer(request: bytes, frame: bytes) -> Answer:
+    """The frame answers `request` if it carries its command (and address, unless broadcast); an
+    inventory frame with status 0x03 is only part of the round."""
+    if len(request) < 3 or len(frame) < 4 or frame[2] != request[2]:
+        return Answer.NONE
+    if request[1] != BROADCAST and frame[1] != request[1]:
+        return Answer.NONE
+    if frame[2] == CMD_INVENTORY and frame[3] == STATUS_MORE:
+        return Answer.PART
+    return Answer.LAST
 
 
 def _reject(reason: RejectReason, detail: str, data: bytes | bytearray) -> Reject:

@@ -29,6 +29,15 @@ class Reject:
     raw: bytes = b""
 
 
+class Answer(enum.Enum):
+    """How a received frame relates to the request in flight on a request/response bus (a model's
+    matcher says it; the poll loop sends the next request only after LAST or a timeout)."""
+
+    NONE = "none"  # not an answer to this request (another address or function, a late answer)
+    PART = "part"  # part of the answer: more frames of it follow (a Chafon round, status 0x03)
+    LAST = "last"  # the answer, or its last frame
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceEvent:
     """Base of every event a codec returns (families add theirs below, one section each)."""

@@ -32,16 +32,23 @@ Frames whose layout the sources do not give (36 all-boards status, 38 unlock tim
 garbage and `decode` answers UNSUPPORTED. Request frames in the receive stream are an echo of our own
 transmission (an echoing adapter): `decode` answers UNSUPPORTED for them; the transport should discard
 exactly the bytes it sent.
+
+On the bus (`match_answer`, one request in flight): a status or unlock request of board b is answered by
+the 35 status frame of board b (high nibble of ADDR). The sources give no timing: `RESPONSE_TIMEOUT_S`
+and `INTER_FRAME_GAP_S` are ours, generous for 19200 baud.
 """
 
 from __future__ import annotations
 
-from devices.events import DoorFeedback, Event, LockStatus, Reject, RejectReason
+from devices.events import Answer, DoorFeedback, Event, LockStatus, Reject, RejectReason
 
 STX, ETX = 0x02, 0x03
 BROADCAST = 0xF0
 BOARDS = range(0, 16)
 LOCKS = range(1, 17)
+POLL_INTERVAL_S = 1.0
+RESPONSE_TIMEOUT_S = 1.0
+INTER_FRAME_GAP_S = 0.01
 
 COMMANDS = {
     "status": 0x30,
@@ -86,9 +93,18 @@ def encode_unlock(board: int, lock: int) -> bytes:
     return _frame(_addr(board, lock), COMMANDS["unlock"])
 
 
-def default_poll_commands() -> list[bytes]:
-    """The registry's default poll: board 0. Config lists the real boards."""
-    return [encode_status(0)]
+def poll_requests(board: int) -> list[bytes]:
+    """The routine poll of one board: status (all 16 hooks and item sensors)."""
+    return [encode_status(board)]
+
+
+def match_answer(request: bytes, frame: bytes) -> Answer:
+    """A status or unlock of board b is answered by board b's 35 status frame."""
+    if len(request) < 3 or len(frame) < 3 or request[2] not in (COMMANDS["status"], COMMANDS["unlock"]):
+        return Answer.NONE
+    if frame[2] != COMMANDS["status_reply"] or frame[1] >> 4 != request[1] >> 4:
+        return Answer.NONE
+    return Answer.LAST
 
 
 def decode(

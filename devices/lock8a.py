@@ -40,13 +40,17 @@ one length.
 Echo: the unlock reply with status 11 is byte-identical to the unlock request, and a query-all request
 reads as a one-status-byte reply. On an adapter that echoes its own transmission the transport must
 discard exactly the bytes it sent before feeding the framer.
+
+On the bus (`match_answer`, one request in flight): an unlock is answered by the unlock reply of the same
+board and channel, a query-all by the query-all reply of the same board. Open-Locker waits 25 ms of
+silence between frames and gives up on a reply after 1500 ms (`INTER_FRAME_GAP_S`, `RESPONSE_TIMEOUT_S`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from devices.events import DoorFeedback, Event, LockStatus, Reject, RejectReason, UnlockAnswered
+from devices.events import Answer, DoorFeedback, Event, LockStatus, Reject, RejectReason, UnlockAnswered
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +69,9 @@ MIN_QUERY_LEN = 5  # 80 | board | one status byte | 33 | BCC
 MAX_STATUS_BYTES = 16  # 128 channels: far above any board seen; bounds how long the framer waits
 MAX_QUERY_LEN = 4 + MAX_STATUS_BYTES
 BOARDS = range(1, 100)  # vendor text: DIP 1–99
+POLL_INTERVAL_S = 1.0
+RESPONSE_TIMEOUT_S = 1.5  # Open-Locker's reply timeout; an unlock reply comes about 0.5 s after the pulse
+INTER_FRAME_GAP_S = 0.025  # Open-Locker's end-of-reply silence
 CHANNELS = range(1, 256)
 
 # unlock reply status byte → is the feedback bit set?
@@ -103,9 +110,18 @@ def encode_query_all(board: int) -> bytes:
     return _frame(bytes([c.header, board, 0x00, c.marker]))
 
 
-def default_poll_commands() -> list[bytes]:
-    """The registry's default poll: board 1 (the verified board's DIP). Config lists the real boards."""
-    return [encode_query_all(1)]
+def poll_requests(board: int) -> list[bytes]:
+    """The routine poll of one board: query-all."""
+    return [encode_query_all(board)]
+
+
+def match_answer(request: bytes, frame: bytes) -> Answer:
+    """Same header and board; an unlock reply also names the channel that was pulsed."""
+    if len(request) < 3 or len(frame) < 3 or frame[0] != request[0] or frame[1] != request[1]:
+        return Answer.NONE
+    if request[0] == COMMANDS["unlock"].header and frame[2] != request[2]:
+        return Answer.NONE
+    return Answer.LAST
 
 
 def decode(

@@ -18,7 +18,13 @@ Request the gateway sends (8 bytes), and the response it decodes (5 + 2·N bytes
 CRC-16/MODBUS: polynomial 0xA001 (0x8005 reflected), init 0xFFFF, no final XOR, sent LSB first;
 check value of "123456789" is 0x4B37. Worked example (§4.7): read 2 holding registers from address 0
 of slave 1 → 01 03 00 00 00 02 C4 0B (CRC 0x0BC4). 32-bit values span two registers; which comes
-first is the map's `word_order` (HIGH_FIRST = "ABCD", LOW_FIRST = "CDAB").
+first is the map's `word_order` (HIGH_FIRST = "ABCD", LOW_FIRST = "CDAB"). An optional occupancy
+register (people present now, same width) becomes an OccupancySnapshot gauge.
+
+On the bus (one request in flight, `match_answer`): the answer to a request is the frame with the same
+slave address and the same function, or that function + 0x80 (an exception answer). Modbus over serial
+line asks for 3.5 character times of silence between frames (1.75 ms fixed above 19200 baud);
+`INTER_FRAME_GAP_S` covers 9600 baud. A master's usual response timeout is about 1 s.
 
 Framing (no delimiter, and no inter-frame silence visible through a USB adapter): a frame starts at
 a plausible address and function; its length follows from the function (and byte count); it counts
@@ -36,11 +42,14 @@ import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from devices.events import CounterTotals, Event, Reject, RejectReason
+from devices.events import Answer, CounterTotals, Event, OccupancySnapshot, Reject, RejectReason
 
 READ_HOLDING = 0x03
 READ_INPUT = 0x04
 MAX_RESPONSE_BYTES = 5 + 250  # 125 registers
+POLL_INTERVAL_S = 10.0  # totals change slowly; every poll is one footfall delta per line
+RESPONSE_TIMEOUT_S = 1.0
+INTER_FRAME_GAP_S = 0.004  # 3.5 characters of 11 bits at 9600 baud
 _EXCEPTIONS = {1: "illegal function", 2: "illegal data address", 3: "illegal data value", 4: "device failure"}
 
 
@@ -83,6 +92,7 @@ class RegisterMap:
     function: int = READ_HOLDING
     width_bits: int = 16
     word_order: WordOrder = WordOrder.HIGH_FIRST
+    occupancy_register: int | None = None  # people present now (a gauge), same width as the totals
     first: int = field(init=False)  # first register polled
     count: int = field(init=False)  # registers polled
 
@@ -97,6 +107,8 @@ class RegisterMap:
             raise ValueError("lines: expected at least one line, names unique")
         words = self.width_bits // 16
         regs = [r for ln in self.lines for r in (ln.in_register, ln.out_register)]
+        if self.occupancy_register is not None:
+            regs.append(self.occupancy_register)
         if any(not 0 <= r <= 0xFFFF - words + 1 for r in regs):
             raise ValueError("lines: register addresses must be 0..65535")
         spans = sorted((r, r + words) for r in regs)
@@ -110,19 +122,26 @@ class RegisterMap:
 
     @classmethod
     def from_mapping(cls, doc: Mapping) -> RegisterMap:
-        """From config: {"slave": 1, "table": "holding"|"input", "width_bits": 16|32,
-        "word_order": "high_first"|"low_first", "lines": [{"line": "door", "in": 0, "out": 1}, …]}."""
+        """From config: {"slave": 1, "table": "holding"|"input" (or "function": 3|4), "width_bits": 16|32,
+        "word_order": "high_first"|"low_first", "lines": [{"line": "door", "in": 0, "out": 1}, …],
+        "occupancy": 4 (optional)}."""
+        unknown = set(doc) - {"slave", "table", "function", "width_bits", "word_order", "lines", "occupancy"}
+        if unknown:
+            raise ValueError(f"unknown key(s) {', '.join(sorted(unknown))}")
         try:
             lines = tuple(LineRegisters(str(d["line"]), int(d["in"]), int(d["out"])) for d in doc["lines"])
             table = doc.get("table", "holding")
             if table not in ("holding", "input"):
                 raise ValueError(f"table: expected 'holding' or 'input', got {table!r}")
+            function = int(doc.get("function", READ_HOLDING if table == "holding" else READ_INPUT))
+            occupancy = doc.get("occupancy")
             return cls(
                 lines,
                 int(doc.get("slave", 1)),
-                READ_HOLDING if table == "holding" else READ_INPUT,
+                function,
                 int(doc.get("width_bits", 16)),
                 WordOrder(doc.get("word_order", WordOrder.HIGH_FIRST)),
+                None if occupancy is None else int(occupancy),
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"register map: missing or malformed {exc}") from None
@@ -158,6 +177,13 @@ def read_request(register_map: RegisterMap = DEFAULT_MAP) -> bytes:
     return with_crc(bytes([m.slave, m.function]) + m.first.to_bytes(2, "big") + m.count.to_bytes(2, "big"))
 
 
+def match_answer(request: bytes, frame: bytes) -> Answer:
+    """Is `frame` the answer to `request`? Same slave, same function (or its exception)."""
+    if len(request) < 2 or len(frame) < 2 or frame[0] != request[0]:
+        return Answer.NONE
+    return Answer.LAST if frame[1] in (request[1], request[1] | 0x80) else Answer.NONE
+
+
 def response(slave: int, function: int, registers: Iterable[int]) -> bytes:
     """A read response carrying `registers` (used by the emulator and tests)."""
     data = b"".join(r.to_bytes(2, "big") for r in registers)
@@ -187,10 +213,13 @@ def decode(frame: bytes, *, received_ns: int, register_map: RegisterMap = DEFAUL
     if frame[2] != 2 * m.count:
         return Reject(RejectReason.LENGTH, f"{frame[2] // 2} registers, the map reads {m.count}", frame)
     regs = [int.from_bytes(frame[3 + 2 * k : 5 + 2 * k], "big") for k in range(m.count)]
-    return [
+    events: list[Event] = [
         CounterTotals(ln.line, m.value(regs, ln.in_register), m.value(regs, ln.out_register), m.width_bits, None)
         for ln in m.lines
     ]
+    if m.occupancy_register is not None:
+        events.append(OccupancySnapshot(m.value(regs, m.occupancy_register), None, None, None))
+    return events
 
 
 class _Kind(enum.Enum):

@@ -5,9 +5,9 @@ Adding a model is one row here plus its family module (style.md 2)."""
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from devices import (
     axis,
@@ -23,12 +23,13 @@ from devices import (
     rfid_json,
     vivotek,
 )
-from devices.events import Event, Reject
+from devices.events import Answer, Event, Reject
 
 
 class Transport(enum.StrEnum):
     MQTT = "mqtt"
     SERIAL = "serial"
+    HTTP = "http"  # the device pushes to the gateway's HTTP server (POST /v1/ingest/<device>)
 
 
 class PayloadKind(enum.StrEnum):
@@ -58,6 +59,29 @@ class SerialSettings:
 
 
 @dataclass(frozen=True)
+class DeviceOptions:
+    """A device's own settings from config that its model's hooks need (plain data, no gateway types)."""
+
+    # the device's addresses on its bus: a Modbus unit id, a reader's address, a bank's lock boards
+    addresses: tuple[int, ...]
+    registers: Mapping[str, Any] | None = None  # modbus-rtu-counter: the register map (RegisterMap.from_mapping)
+
+
+@dataclass(frozen=True)
+class BusProfile:
+    """How a request/response model is polled on a (possibly shared) bus: one request in flight, each
+    frame matched to it, a timeout, the model's inter-frame gap, a routine poll every `interval_s`."""
+
+    poll_requests: Callable[[int, DeviceOptions], list[bytes]]  # (address, options) → its routine polls
+    match: Callable[[bytes, bytes], Answer]  # (request, frame) → is it the answer?
+    addresses: range  # valid addresses of a device of this model
+    default_address: int
+    interval_s: float  # routine poll period (a floor between rounds where answers pace it)
+    timeout_s: float  # per request
+    gap_s: float  # silence before the next request
+
+
+@dataclass(frozen=True)
 class DeviceModel:
     name: str
     family: str
@@ -77,6 +101,25 @@ class DeviceModel:
     # True where raw bytes may carry a personal identifier (125 kHz cards, pickup codes): dead
     # letters then keep only their length (decisions.md D1, D13)
     personal_raw: bool = False
+    # Request/response serial models: polled by the bus loop instead of start commands + keepalive
+    bus: BusProfile | None = None
+    # where decoding depends on the device's config (a Modbus register map): keyword arguments for
+    # `decode`, built once per device (ValueError names what is wrong with the options)
+    decode_kwargs: Callable[[DeviceOptions], dict[str, Any]] | None = None
+
+    def poll_requests(self, options: DeviceOptions) -> list[bytes]:
+        """Every routine poll of one configured device, one per address."""
+        assert self.bus is not None
+        return [r for a in options.addresses for r in self.bus.poll_requests(a, options)]
+
+
+def _register_map(options: DeviceOptions) -> modbus_counter.RegisterMap:
+    if len(options.addresses) != 1:
+        raise ValueError("a Modbus counter has exactly one unit id")
+    return modbus_counter.RegisterMap.from_mapping({**(options.registers or {}), "slave": options.addresses[0]})
+
+
+_CHAFON_ADDRESSES = range(0, 256)  # 0xFF = broadcast (a reader alone on its port)
 
 
 MODELS: dict[str, DeviceModel] = {
@@ -85,7 +128,7 @@ MODELS: dict[str, DeviceModel] = {
         DeviceModel(
             "vivotek-sc8131",
             "vivotek",
-            (Transport.MQTT,),
+            (Transport.MQTT, Transport.HTTP),
             PayloadKind.JSON,
             "Report Push JSON, per-interval In/Out deltas per counting rule (device-protocols §4.4)",
             "footfall (entries, exits, interval_s per line)",
@@ -104,8 +147,15 @@ MODELS: dict[str, DeviceModel] = {
             False,
             framer=lock8a.Framer,
             serial=SerialSettings(9600),
-            start_commands=lock8a.default_poll_commands,  # query-all of board 1; config lists the boards
-            keepalive_s=1.0,  # the poll interval
+            bus=BusProfile(
+                lambda address, _: lock8a.poll_requests(address),
+                lock8a.match_answer,
+                lock8a.BOARDS,
+                1,  # the verified board's DIP address
+                lock8a.POLL_INTERVAL_S,
+                lock8a.RESPONSE_TIMEOUT_S,
+                lock8a.INTER_FRAME_GAP_S,
+            ),
         ),
         DeviceModel(
             "kerong-cu16",
@@ -119,8 +169,15 @@ MODELS: dict[str, DeviceModel] = {
             False,
             framer=kerong.Framer,
             serial=SerialSettings(19200),
-            start_commands=kerong.default_poll_commands,  # status of board 0; config lists the boards
-            keepalive_s=1.0,  # the poll interval
+            bus=BusProfile(
+                lambda address, _: kerong.poll_requests(address),
+                kerong.match_answer,
+                kerong.BOARDS,
+                0,
+                kerong.POLL_INTERVAL_S,
+                kerong.RESPONSE_TIMEOUT_S,
+                kerong.INTER_FRAME_GAP_S,
+            ),
         ),
         DeviceModel(
             "open-locker-mqtt",
@@ -199,8 +256,16 @@ MODELS: dict[str, DeviceModel] = {
             framer=modbus_counter.ModbusRtuFramer,
             # Modbus over serial line's default is 19200 8E1; config overrides baud and parity
             serial=SerialSettings(19200, 8, "E", 1),
-            start_commands=lambda: [modbus_counter.read_request()],
-            keepalive_s=10.0,  # the poll interval: the request is re-sent every keepalive
+            bus=BusProfile(
+                lambda _, options: [modbus_counter.read_request(_register_map(options))],
+                modbus_counter.match_answer,
+                range(1, 248),  # unit ids; 0 is broadcast (no answer)
+                1,
+                modbus_counter.POLL_INTERVAL_S,
+                modbus_counter.RESPONSE_TIMEOUT_S,
+                modbus_counter.INTER_FRAME_GAP_S,
+            ),
+            decode_kwargs=lambda options: {"register_map": _register_map(options)},
         ),
         DeviceModel(
             "rdm6300",
@@ -243,8 +308,16 @@ MODELS: dict[str, DeviceModel] = {
             False,
             framer=chafon.Framer,
             serial=SerialSettings(57600),  # reader configuration; 115200 also common
-            start_commands=chafon.start_commands_18,  # one inventory request
-            keepalive_s=chafon.POLL_S,  # request/response: poll again at the latest after this
+            # the next inventory when the round is complete; the timeout (POLL_S) is the fallback
+            bus=BusProfile(
+                lambda address, _: chafon.poll_requests_18(address),
+                chafon.match_answer,
+                _CHAFON_ADDRESSES,
+                chafon.BROADCAST,
+                chafon.MIN_ROUND_S,
+                chafon.POLL_S,
+                chafon.INTER_FRAME_GAP_S,
+            ),
         ),
         DeviceModel(
             "chafon-uhfreader288",
@@ -258,8 +331,16 @@ MODELS: dict[str, DeviceModel] = {
             False,
             framer=chafon.Framer,
             serial=SerialSettings(57600),  # reader configuration; 115200 also common
-            start_commands=chafon.start_commands_288,  # one inventory request, antenna 1, scan 1 s
-            keepalive_s=chafon.POLL_S,  # request/response: poll again at the latest after this
+            # inventory of antenna 1, scan time 1 s; the next when the round is complete (reply-driven)
+            bus=BusProfile(
+                lambda address, _: chafon.poll_requests_288(address),
+                chafon.match_answer,
+                _CHAFON_ADDRESSES,
+                chafon.BROADCAST,
+                chafon.MIN_ROUND_S,
+                chafon.POLL_S,
+                chafon.INTER_FRAME_GAP_S,
+            ),
         ),
         DeviceModel(
             "rfid-mqtt-json",

@@ -89,6 +89,7 @@ class ChafonReader(SerialEmulator):
         super().__init__(link, population, rate_hz=50.0, noise=Noise(noise_ratio, seed))
         self.layout, self.address, self.read_p, self.tags_per_frame = layout, address, read_p, tags_per_frame
         self.requests = 0
+        self.silent = False  # a reader that hears commands but answers none (hung firmware, bad TX line)
         self._rng = random.Random(seed ^ 0x5A)
         self._rx = bytearray()
 
@@ -110,7 +111,7 @@ class ChafonReader(SerialEmulator):
                 del self._rx[:1]
                 continue
             del self._rx[:size]
-            if cmd[1] in (self.address, 0xFF):
+            if cmd[1] in (self.address, 0xFF) and not self.silent:
                 out += self._command(cmd[2], cmd[3:-2], t_s)
         return out
 

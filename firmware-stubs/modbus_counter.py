@@ -17,7 +17,11 @@ Ground truth (counter_truth.py): every crossing per (line, direction), and `coun
 gateway can count from the answers that went out whole (a reset between two answers loses the
 crossings before it). `ambiguous` counts resets the rules cannot see.
 
-Run: python firmware-stubs/modbus_counter.py --link /tmp/sdgw-counter --rate 2 --reset-every-s 60
+Several counters can share the line (`add_unit`, `--units`): each answers only requests to its own
+slave address, and a silent one (`reboot(silent=True)`) leaves the others answering — an RS-485 bus.
+An optional occupancy register serves `occupancy` (people present now).
+
+Run: python firmware-stubs/modbus_counter.py --link /tmp/sdgw-counter --rate 2 --reset-every-s 60 --units 2
 """
 
 from __future__ import annotations
@@ -61,12 +65,11 @@ def frame(body: bytes) -> bytes:
     return body + crc16(body).to_bytes(2, "little")
 
 
-class ModbusCounterDevice:
-    """One counter on one PTY. Drive crossings with `cross`/`reset`/`reboot`; it answers polls."""
+class CounterUnit:
+    """One counter (one slave address) on a bus. Drive crossings with `cross`/`reset`/`reboot`."""
 
     def __init__(
         self,
-        link: Path,
         *,
         lines: dict[str, tuple[int, int]] | None = None,  # line → (in register, out register)
         slave: int = 1,
@@ -74,18 +77,17 @@ class ModbusCounterDevice:
         width_bits: int = 16,
         low_word_first: bool = False,
         start_total: int = 0,
+        occupancy_register: int | None = None,  # people present now, same width as the totals
         noise_ratio: float = 0.0,
         crc_error_ratio: float = 0.0,
-        echo: bool = False,
-        split_writes: bool = False,
         seed: int = 1,
     ) -> None:
-        self.link = Path(link)
         self.lines = lines or {"line_1": (0, 1)}
         self.slave, self.function, self.width_bits = slave, function, width_bits
         self.low_word_first = low_word_first
+        self.occupancy_register = occupancy_register
+        self.occupancy = 0
         self.noise_ratio, self.crc_error_ratio = noise_ratio, crc_error_ratio
-        self.echo, self.split_writes = echo, split_writes
         self.rng = random.Random(seed)
         self.totals = CumulativeTruth(width_bits)
         for line in self.lines:
@@ -96,14 +98,6 @@ class ModbusCounterDevice:
         self.answers_spoiled = 0
         self.silent = False
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.master, self._slave = os.openpty()
-        tty.setraw(self._slave)
-        os.set_blocking(self.master, False)
-        with contextlib.suppress(FileNotFoundError):
-            self.link.unlink()
-        self.link.symlink_to(os.ttyname(self._slave))
 
     # -- the counting side -----------------------------------------------------------------------
 
@@ -136,24 +130,32 @@ class ModbusCounterDevice:
 
     def _registers(self, first: int, count: int) -> list[int] | None:
         words = self.width_bits // 16
+        values = [
+            (reg, self.totals.value((line, d)))
+            for line, pair in self.lines.items()
+            for reg, d in zip(pair, ("in", "out"), strict=True)
+        ]
+        if self.occupancy_register is not None:
+            values.append((self.occupancy_register, self.occupancy))
         regs: dict[int, int] = {}
-        for line, (r_in, r_out) in self.lines.items():
-            for reg, d in ((r_in, "in"), (r_out, "out")):
-                value = self.totals.value((line, d))
-                parts = [value & 0xFFFF] if words == 1 else [value >> 16, value & 0xFFFF]
-                if self.low_word_first:
-                    parts.reverse()
-                for k, part in enumerate(parts):
-                    regs[reg + k] = part
+        for reg, value in values:
+            value %= 1 << self.width_bits
+            parts = [value & 0xFFFF] if words == 1 else [value >> 16, value & 0xFFFF]
+            if self.low_word_first:
+                parts.reverse()
+            for k, part in enumerate(parts):
+                regs[reg + k] = part
         if not regs or first < min(regs) or first + count > max(regs) + 1:
             return None
         return [regs.get(first + k, 0) for k in range(count)]
 
-    def _answer(self, request: bytes) -> bytes | None:
+    def answer(self, request: bytes) -> bytes | None:
+        """The answer to a read request addressed to this unit (None: silent)."""
+        self.requests += 1
+        if self.silent:
+            return None
         slave, function = request[0], request[1]
         first, count = int.from_bytes(request[2:4], "big"), int.from_bytes(request[4:6], "big")
-        if slave != self.slave:
-            return None  # another device's request on the bus
         if function != self.function:
             return frame(bytes([slave, function | 0x80, 1]))
         with self._lock:
@@ -172,12 +174,51 @@ class ModbusCounterDevice:
             self.answers_spoiled += 1
             return out[:-1] + bytes([out[-1] ^ 0x5A])
         self.answers_whole += 1
+        if self.noise_ratio and self.rng.random() < self.noise_ratio:
+            out = bytes(self.rng.randrange(256) for _ in range(self.rng.randint(1, 6))) + out
         return out
+
+
+class ModbusCounterDevice(CounterUnit):
+    """A counter on its own PTY — the bus's first unit; `add_unit` puts more counters on the same
+    RS-485 line (each answers only requests to its own slave address, as on a real bus)."""
+
+    def __init__(
+        self,
+        link: Path,
+        *,
+        echo: bool = False,
+        split_writes: bool = False,
+        seed: int = 1,
+        **unit: object,
+    ) -> None:
+        super().__init__(seed=seed, **unit)  # type: ignore[arg-type]
+        self.link = Path(link)
+        self.echo, self.split_writes = echo, split_writes
+        self.bus_rng = self.rng  # one random sequence for a lone counter, as before buses existed
+        self.units: dict[int, CounterUnit] = {self.slave: self}
+        self.bus_requests = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.master, self._slave = os.openpty()
+        tty.setraw(self._slave)
+        os.set_blocking(self.master, False)
+        with contextlib.suppress(FileNotFoundError):
+            self.link.unlink()
+        self.link.symlink_to(os.ttyname(self._slave))
+
+    def add_unit(self, **unit: object) -> CounterUnit:
+        """Another counter on the same line (keyword arguments as CounterUnit's; `slave` required)."""
+        added = CounterUnit(**unit)  # type: ignore[arg-type]
+        if added.slave in self.units:
+            raise ValueError(f"slave {added.slave} is already on this bus")
+        self.units[added.slave] = added
+        return added
 
     def _write(self, data: bytes) -> None:
         chunks = [data]
         if self.split_writes and len(data) > 3:
-            cut = self.rng.randrange(1, len(data))
+            cut = self.bus_rng.randrange(1, len(data))
             chunks = [data[:cut], data[cut:]]
         for chunk in chunks:
             os.write(self.master, chunk)
@@ -200,18 +241,14 @@ class ModbusCounterDevice:
                     del buf[:1]  # noise on the line: hunt for the next request
                     continue
                 del buf[:8]
-                self.requests += 1
-                if self.silent:
-                    continue
-                answer = self._answer(request)
+                self.bus_requests += 1
+                unit = self.units.get(request[0])
+                if unit is None:
+                    continue  # no counter at that address: nobody answers
+                answer = unit.answer(request)
                 if answer is None:
                     continue
-                out = b""
-                if self.echo:
-                    out += request
-                if self.noise_ratio and self.rng.random() < self.noise_ratio:
-                    out += bytes(self.rng.randrange(256) for _ in range(self.rng.randint(1, 6)))
-                self._write(out + answer)
+                self._write((request if self.echo else b"") + answer)
 
     def start(self) -> ModbusCounterDevice:
         self._thread = threading.Thread(target=self._serve, name="modbus-counter", daemon=True)
@@ -247,6 +284,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--link", default="/tmp/sdgw-modbus-counter", help="stable path the gateway opens")
     ap.add_argument("--slave", type=int, default=1)
+    ap.add_argument("--units", type=int, default=1, help="counters on the bus: slaves --slave, --slave + 1, …")
+    ap.add_argument("--occupancy-register", type=int, default=None, help="serve in − out there (e.g. 2)")
     ap.add_argument("--width-bits", type=int, choices=[16, 32], default=16)
     ap.add_argument("--low-word-first", action="store_true")
     ap.add_argument("--start-total", type=int, default=0, help="e.g. 65000 to see a 16-bit wrap soon")
@@ -269,7 +308,18 @@ def main() -> None:
         crc_error_ratio=args.crc_errors,
         echo=args.echo,
         split_writes=args.split_writes,
-    ).start()
+        occupancy_register=args.occupancy_register,
+    )
+    for k in range(1, args.units):
+        dev.add_unit(
+            slave=args.slave + k,
+            width_bits=args.width_bits,
+            low_word_first=args.low_word_first,
+            start_total=args.start_total,
+            occupancy_register=args.occupancy_register,
+            seed=k + 1,
+        )
+    dev.start()
     signal.signal(signal.SIGTERM, lambda *_: dev._stop.set())
     rng = random.Random(7)
     t0 = last_reset = last_reboot = time.monotonic()
@@ -277,26 +327,35 @@ def main() -> None:
         while not dev._stop.is_set() and (not args.seconds or time.monotonic() - t0 < args.seconds):
             time.sleep(0.1)
             now = time.monotonic()
-            for line in dev.lines:
-                dev.cross(line, _poisson(rng, args.rate * 0.1), _poisson(rng, args.rate * 0.1))
+            for unit in dev.units.values():
+                for line in unit.lines:
+                    unit.cross(line, _poisson(rng, args.rate * 0.1), _poisson(rng, args.rate * 0.1))
+                unit.occupancy = max(
+                    0, unit.occupancy + _poisson(rng, args.rate * 0.1) - _poisson(rng, args.rate * 0.1)
+                )
+                if args.reset_every_s and now - last_reset >= args.reset_every_s:
+                    unit.reset()
+                if args.reboot_every_s and now - last_reboot >= args.reboot_every_s:
+                    unit.reboot(silent=True)
+                if unit.silent and now - last_reboot >= 2.0:
+                    unit.silent = False
             if args.reset_every_s and now - last_reset >= args.reset_every_s:
-                dev.reset()
                 last_reset = now
             if args.reboot_every_s and now - last_reboot >= args.reboot_every_s:
-                dev.reboot(silent=True)
                 last_reboot = now
-            if dev.silent and now - last_reboot >= 2.0:
-                dev.silent = False
     except KeyboardInterrupt:
         pass
     finally:
         dev.stop()
     summary = {
-        "requests": dev.requests,
-        "answers_whole": dev.answers_whole,
-        "truth": {"/".join(k): v for k, v in dev.truth.items()},
-        "countable": {"/".join(k): v for k, v in dev.countable.items()},
-        "ambiguous": dev.totals.ambiguous,
+        str(slave): {
+            "requests": unit.requests,
+            "answers_whole": unit.answers_whole,
+            "truth": {"/".join(k): v for k, v in unit.truth.items()},
+            "countable": {"/".join(k): v for k, v in unit.countable.items()},
+            "ambiguous": unit.totals.ambiguous,
+        }
+        for slave, unit in dev.units.items()
     }
     print(orjson.dumps(summary).decode())
 

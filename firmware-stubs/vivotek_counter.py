@@ -1,4 +1,4 @@
-"""Emulator: VIVOTEK SC8131 people counters pushing "Report Push" JSON over MQTT (paho-mqtt).
+"""Emulator: VIVOTEK SC8131 people counters pushing "Report Push" JSON over MQTT (paho-mqtt) or HTTP.
 
 Each emulated camera reports one document per interval with In/Out deltas for each counting rule
 (device-protocols.md §4.4), StartTime aligned to the interval. Knobs: number of cameras, rules per
@@ -7,6 +7,7 @@ garbage (broken JSON). It keeps the ground truth — total entries/exits per (ca
 tests can compare InfluxDB against what "really" crossed.
 
 Run: python firmware-stubs/vivotek_counter.py --port 1883 --cameras 3 --rate 5 --count 0
+     python firmware-stubs/vivotek_counter.py --http http://127.0.0.1:8080 --password … --cameras 3
 """
 
 from __future__ import annotations
@@ -114,6 +115,8 @@ def main() -> None:
     ap.add_argument("--live", action="store_true", help="start at the current interval instead of 2023")
     ap.add_argument("--duplicates", type=float, default=0.0)
     ap.add_argument("--garbage", type=float, default=0.0)
+    ap.add_argument("--http", metavar="URL", help="push over HTTP to this gateway (e.g. http://127.0.0.1:8080)")
+    ap.add_argument("--password", default="", help="--http: the cameras' HTTP Basic password")
     args = ap.parse_args()
     street = Street(
         cameras=[f"{args.camera_prefix}{i + 1:02d}" for i in range(args.cameras)],
@@ -127,6 +130,17 @@ def main() -> None:
         now = int(time.time())
         street.start_s = now - now % args.interval_s
     count = args.count or 10**12
+    if args.http:
+        from http_out import push_all
+
+        by_topic = {street.topic(c): c for c in street.cameras}
+        reports = ((by_topic[topic], doc) for topic, doc in street.messages(count))
+        try:
+            outcome = push_all(args.http, reports, lambda _camera: args.password, rate=args.rate)
+        except KeyboardInterrupt:
+            outcome = {"interrupted": 1}
+        print(orjson.dumps({"reports": street.reports, **outcome}).decode())
+        return
     try:
         acked = publish_all(args.host, args.port, street.messages(count), rate=args.rate, client_id="")
     except KeyboardInterrupt:

@@ -31,6 +31,15 @@ def _mount_api_commands() -> None:
 
 _mount_api_commands()
 
+
+def _mount_dashboards_commands() -> None:
+    from gateway.dashboards.cli import dashboards_app
+
+    app.add_typer(dashboards_app, name="dashboards")
+
+
+_mount_dashboards_commands()
+
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="the gateway's TOML file")]
 
 
@@ -63,6 +72,26 @@ def config_check(config: ConfigOpt) -> None:
         f"{config}: OK — gateway {cfg.gateway.id} on {cfg.gateway.street}, {len(cfg.devices)} device(s), "
         f"{len(cfg.sinks)} sink(s)"
     )
+
+
+@app.command()
+def doctor(
+    config: ConfigOpt,
+    json: bool = typer.Option(False, "--json", help="the checks as JSON"),
+    serial_wait_s: Annotated[float, typer.Option(help="how long to listen on each serial port")] = 5.0,
+    mosquitto_acl: Annotated[str, typer.Option(help="the broker's ACL file, or none")] = "/etc/mosquitto/sdgw/acl",
+) -> None:
+    """Check everything the gateway needs (config, serial ports, broker, sinks, clock, disk); a fix per failure."""
+    from gateway.doctor import has_failures, render_table, run_doctor
+
+    acl = None if mosquitto_acl == "none" else Path(mosquitto_acl)
+    checks = run_doctor(config, serial_wait_s=serial_wait_s, acl_file=acl)
+    if json:
+        typer.echo(orjson.dumps([c.as_dict() for c in checks], option=orjson.OPT_INDENT_2).decode())
+    else:
+        typer.echo(render_table(checks))
+    if has_failures(checks):
+        raise typer.Exit(1)
 
 
 @buffer_app.command("stats")
@@ -133,16 +162,39 @@ def devices() -> None:
         typer.echo("  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3])
 
 
-def _event_json(event) -> bytes:
-    return orjson.dumps({"event": type(event).__name__, **dataclasses.asdict(event)})
+def _mask(value: object) -> str:
+    text = str(value)
+    return "*" * max(len(text) - 2, 1) + text[-2:] if len(text) > 2 else "*" * len(text)
+
+
+def _event_json(event, *, show_personal: bool = False) -> bytes:
+    """An event as JSON. Personal values (a card ID, a pickup code, a phone number, a name) are
+    masked to their last two characters unless asked for: what a technician pastes into a ticket
+    must not carry them (D13)."""
+    doc = {"event": type(event).__name__, **dataclasses.asdict(event)}
+    if not show_personal:
+        from devices.events import personal_fields
+
+        masked = [name for name in personal_fields(event) if doc.get(name) is not None]
+        if getattr(event, "is_personal", False):
+            masked.append("tag_hex")
+        for name in masked:
+            doc[name] = _mask(doc[name])
+        if masked:
+            doc["masked"] = masked
+    return orjson.dumps(doc)
 
 
 @app.command()
 def decode(
     payload: Annotated[str, typer.Argument(help="hex for serial frames, JSON text for MQTT payloads, - for stdin")],
     device: Annotated[str, typer.Option("--device", "-d", help="a model name from `sdgw devices`")],
+    show_personal: Annotated[
+        bool, typer.Option("--show-personal", help="print card IDs, pickup codes, phones and names in clear")
+    ] = False,
 ) -> None:
-    """Decode a captured payload with the gateway's own codec; print its events as JSON lines."""
+    """Decode a captured payload with the gateway's own codec; print its events as JSON lines
+    (personal values masked to their last two characters unless --show-personal)."""
     model = MODELS.get(device)
     if model is None:
         typer.echo(f"unknown device model {device!r}; `sdgw devices` lists them", err=True)
@@ -163,7 +215,7 @@ def decode(
         typer.echo(f"rejected: {result.reason.value}: {result.detail}", err=True)
         raise typer.Exit(1)
     for event in result:
-        sys.stdout.write(_event_json(event).decode() + "\n")
+        sys.stdout.write(_event_json(event, show_personal=show_personal).decode() + "\n")
     if not result:
         typer.echo("decoded, but the payload holds no events the gateway records", err=True)
 

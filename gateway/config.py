@@ -10,13 +10,16 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from devices.registry import MODELS, Transport
+from devices.registry import MODELS, DeviceModel, DeviceOptions, Transport
 from gateway.errors import ConfigError  # defined there, raised and re-exported here
+from gateway.sites import ROUND_THE_CLOCK, Schedule, build_schedule, parse_span
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 Name = Annotated[str, Field(pattern=NAME)]
@@ -36,13 +39,15 @@ class GatewayIdentity(_Model):
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, v: str) -> str:
-        from zoneinfo import ZoneInfo
+        return known_zone(v)
 
-        try:
-            ZoneInfo(v)
-        except Exception as exc:
-            raise ValueError(f"an IANA time zone such as Asia/Shanghai (not {v!r})") from exc
-        return v
+
+def known_zone(v: str) -> str:
+    try:
+        ZoneInfo(v)
+    except Exception as exc:
+        raise ValueError(f"an IANA time zone such as Asia/Shanghai (not {v!r})") from exc
+    return v
 
 
 class ClockConfig(_Model):
@@ -134,18 +139,73 @@ class SiteConfig(_Model):
     id: Name
     name: str = ""
     merchant: Name | None = None
+    kind: Literal["shop", "entrance"] = "shop"
+    street: Name | None = None  # default: [gateway] street (filled in by GatewayConfig)
+    timezone: str | None = None  # default: [gateway] timezone (filled in by GatewayConfig)
+    hours: str = ROUND_THE_CLOCK  # gateway/sites.py: "10:00-22:00", "18:00-02:00", "closed"
+    hours_by_day: dict[str, str] = Field(default_factory=dict)  # weekday (mon … sun) → hours
+    closed_dates: list[date] = Field(default_factory=list)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str | None) -> str | None:
+        return None if v is None else known_zone(v)
+
+    @field_validator("hours")
+    @classmethod
+    def _hours(cls, v: str) -> str:
+        parse_span(v)
+        return v
+
+    @field_validator("hours_by_day")
+    @classmethod
+    def _hours_by_day(cls, v: dict[str, str]) -> dict[str, str]:
+        build_schedule(ROUND_THE_CLOCK, v)
+        return v
+
+    @property
+    def schedule(self) -> Schedule:
+        return build_schedule(self.hours, self.hours_by_day, self.closed_dates)
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone or "Asia/Shanghai")
+
+
+LOCKER_FAMILIES = {"lock8a": (1, 8), "kerong": (0, 16), "locker_mqtt": (0, 0)}  # default board, locks per board
+
+
+class LockerBankConfig(_Model):
+    """A locker bank's layout (`[devices.locker]`): which boards and how many compartments."""
+
+    bank: Name | None = None  # the `bank` tag (default: the device id)
+    boards: list[Annotated[int, Field(ge=0, le=99)]] | None = None  # serial: board addresses, in order
+    locks_per_board: int | None = Field(None, ge=1, le=128)  # serial: default 8 (8A/80), 16 (Kerong)
+    compartments: int | None = Field(None, ge=1, le=999)  # MQTT bank: compartments 1…n
+    door_feedback: Literal["door_closing", "door_opening"] = "door_closing"  # wiring (§5.1)
+    command_topic: str | None = None  # MQTT: default locker/<uuid>/command from the device's topic
 
 
 class DeviceConfig(_Model):
     id: Name
     model: str
     site: Name | None = None
-    transport: Literal["mqtt", "serial"] = "mqtt"
+    transport: Literal["mqtt", "serial", "http"] = "mqtt"
     topic: str | None = None  # MQTT topic or filter this device publishes on
     port: str | None = None  # serial: a stable path, e.g. /dev/serial/by-id/usb-…-if00-port0
     baudrate: int | None = Field(None, ge=300, le=4_000_000)  # serial: default per model
     parity: Literal["N", "E", "O"] | None = None  # serial: default per model
+    echo: bool = False  # serial: the RS-485 adapter echoes what the gateway sends (discarded on input)
     trust_device_time: bool | None = None  # default: what the model's registry row says
+    # http: the device's HTTP Basic password (user = the device id), or env SDGW_DEVICE_<ID>_PASSWORD
+    http_password_file: Path | None = None
+    lines: dict[str, Name] = Field(default_factory=dict)  # counter line (e.g. RuleName) → site, overriding `site`
+    locker: LockerBankConfig | None = None  # locker models only: the bank's layout
+    # polled serial models (request/response on a possibly shared bus; default per model):
+    address: int | None = Field(None, ge=0, le=255)  # Modbus unit id, Chafon reader address
+    poll_interval_s: float | None = Field(None, ge=0, le=86400)  # routine poll period
+    poll_timeout_s: float | None = Field(None, gt=0, le=60)  # per request
+    registers: dict[str, Any] | None = None  # modbus-rtu-counter: the register map
 
     @field_validator("model")
     @classmethod
@@ -163,7 +223,63 @@ class DeviceConfig(_Model):
             raise ValueError("an MQTT device needs `topic`")
         if self.transport == "serial" and not self.port:
             raise ValueError("a serial device needs `port` (a stable path such as /dev/serial/by-id/…)")
+        if self.http_password_file is not None and self.transport != "http":
+            raise ValueError('`http_password_file` is for devices with transport = "http"')
+        family = model.family
+        if self.locker is not None and family not in LOCKER_FAMILIES:
+            raise ValueError(f"`locker` is for locker models ({', '.join(LOCKER_FAMILIES)}), not {family}")
+        if family == "locker_mqtt" and (self.locker is None or self.locker.compartments is None):
+            raise ValueError("an MQTT locker bank needs `locker.compartments` (its compartment count)")
+        if family in ("lock8a", "kerong") and self.locker is not None and self.locker.compartments is not None:
+            raise ValueError("a lock-board bank takes `locker.boards` and `locker.locks_per_board`, not compartments")
+        self._check_bus(model)
         return self
+
+    def _check_bus(self, model: DeviceModel) -> None:
+        polled = [k for k in ("address", "poll_interval_s", "poll_timeout_s") if getattr(self, k) is not None]
+        if model.bus is None:
+            if polled:
+                names = ", ".join(m.name for m in MODELS.values() if m.bus)
+                raise ValueError(f"{', '.join(polled)}: only for polled serial models ({names})")
+        elif self.address is not None:
+            if self.locker is not None and self.locker.boards:
+                raise ValueError("a lock-board bank names its boards in `locker.boards`, not `address`")
+            if self.address not in model.bus.addresses:
+                r = model.bus.addresses
+                raise ValueError(f"address: expected {r.start}..{r.stop - 1} for {self.model}, got {self.address}")
+        if self.registers is not None and model.decode_kwargs is None:
+            raise ValueError(f"registers: only for modbus-rtu-counter, not {self.model}")
+        if model.decode_kwargs is not None:
+            if self.registers is None:
+                raise ValueError(
+                    f"registers: required for {self.model} (the vendor's map: lines = [{{line, in, out}}], "
+                    "width_bits, function, word_order, occupancy)"
+                )
+            try:
+                model.decode_kwargs(self.bus_options)
+            except ValueError as exc:
+                raise ValueError(f"registers: {exc}") from None
+
+    @property
+    def bus_options(self) -> DeviceOptions:
+        """What the model's poll and decode hooks need from this device's config."""
+        bus = MODELS[self.model].bus
+        if self.locker is not None and self.locker.boards:
+            addresses = tuple(self.locker.boards)
+        elif self.address is not None:
+            addresses = (self.address,)
+        else:
+            addresses = (bus.default_address,) if bus is not None else ()
+        return DeviceOptions(addresses, self.registers)
+
+    def decode_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of the model's decode for this device (a Modbus register map)."""
+        hook = MODELS[self.model].decode_kwargs
+        return hook(self.bus_options) if hook is not None else {}
+
+    @property
+    def is_locker(self) -> bool:
+        return MODELS[self.model].family in LOCKER_FAMILIES
 
     @property
     def device_time_trusted(self) -> bool:
@@ -180,6 +296,16 @@ class RfidConfig(_Model):
     depart_after_s: float = Field(10.0, gt=0)  # a tag unseen this long has departed
     summary_interval_s: float = Field(60.0, gt=0)  # dwell summary of each present tag
     move_margin_db: float = Field(6.0, ge=0)  # RSSI margin for a move to another antenna/reader
+    move_margin_raw: float = Field(10.0, ge=0)  # the same for raw strengths of unknown unit (UHFReader288)
+
+
+class LockersConfig(_Model):
+    door_left_open_s: float = Field(120.0, gt=0)  # a door open this long raises door_left_open
+    offline_after_polls: int = Field(3, ge=1)  # unanswered polls in a row → controller offline
+    open_confirm_timeout_s: float = Field(2.0, gt=0, le=60)  # remote open: wait this long, then 504
+    command_window_s: float = Field(30.0, gt=0)  # an opening this soon after an open was commanded
+    occupancy_every_s: float = Field(300.0, gt=0)  # periodic occupancy point per bank
+    idempotency_ttl_s: float = Field(86400.0, gt=0)  # how long an Idempotency-Key's outcome is kept
 
 
 class PrivacyConfig(_Model):
@@ -195,6 +321,20 @@ class ApiConfig(_Model):
     key_file: Path | None = None  # default: <data_dir>/api-keys.json
     metrics_open_to_loopback: bool = True  # /metrics without a key from 127.0.0.1/::1 (D15)
     query_timeout_s: float = Field(10.0, gt=0)
+    # per-key token bucket on the merchant routes (sites, footfall, occupancy), per replica; 0 = off
+    rate_limit_per_s: float = Field(2.0, ge=0)
+    rate_limit_burst: int = Field(30, ge=1)
+
+
+class OpenDataConfig(_Model):
+    """`/v1/open/footfall`: street-level daily totals without a key (decisions.md D14)."""
+
+    enabled: bool = True
+    min_sites: int = Field(3, ge=1)  # shops that must have reported that day
+    min_total: int = Field(10, ge=0)  # the day's street total must reach this
+    # per client address token bucket, per replica; 0 = off
+    rate_limit_per_s: float = Field(1.0, ge=0)
+    rate_limit_burst: int = Field(20, ge=1)
 
 
 class GatewayConfig(_Model):
@@ -209,6 +349,20 @@ class GatewayConfig(_Model):
     api: ApiConfig = ApiConfig()
     rfid: RfidConfig = RfidConfig()
     privacy: PrivacyConfig = PrivacyConfig()
+    open_data: OpenDataConfig = OpenDataConfig()
+    lockers: LockersConfig = LockersConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _site_defaults(cls, data: Any) -> Any:
+        # a site's street and zone default to the gateway's (whose zone defaults to Asia/Shanghai)
+        if not isinstance(data, dict) or not isinstance(data.get("sites"), list):
+            return data
+        gateway = data.get("gateway") if isinstance(data.get("gateway"), dict) else {}
+        defaults = {"street": gateway.get("street"), "timezone": gateway.get("timezone", "Asia/Shanghai")}
+        defaults = {k: v for k, v in defaults.items() if isinstance(v, str)}
+        sites = [{**defaults, **site} if isinstance(site, dict) else site for site in data["sites"]]
+        return {**data, "sites": sites}
 
     @model_validator(mode="after")
     def _cross_refs(self) -> GatewayConfig:
@@ -224,8 +378,15 @@ class GatewayConfig(_Model):
         for d in self.devices:
             if d.site is not None and d.site not in site_ids:
                 problems.append(f"device {d.id!r}: site {d.site!r} is not one of [[sites]]")
+            for line, site in d.lines.items():
+                if site not in site_ids:
+                    problems.append(f"device {d.id!r}: lines.{line!r} = {site!r} is not one of [[sites]]")
+        pushing = [d.id for d in self.devices if d.transport == "http"]
+        if pushing and not self.api.enabled:
+            problems.append(f"devices {', '.join(pushing)} push over HTTP: the API (their endpoint) must be enabled")
         if any(d.transport == "mqtt" for d in self.devices) and self.mqtt is None:
             problems.append("MQTT devices are configured but there is no [mqtt] section")
+        problems += _shared_port_problems(self.devices)
         personal = [d.id for d in self.devices if MODELS[d.model].personal_raw]
         if personal and self.privacy.key_file is None:
             problems.append(f"devices {', '.join(personal)} carry personal identifiers: [privacy] key_file is required")
@@ -252,6 +413,40 @@ class GatewayConfig(_Model):
     @property
     def query_sink(self) -> SinkConfig | None:
         return next((s for s in self.sinks if s.query), self.sinks[0] if self.sinks else None)
+
+
+def _shared_port_problems(devices: list[DeviceConfig]) -> list[str]:
+    """Devices on one port share one bus: one polled protocol family, one line setting, one loop,
+    so each needs its own address (the answer to a request is told apart by it)."""
+    problems = []
+    by_port: dict[str, list[DeviceConfig]] = {}
+    for d in devices:
+        if d.transport == "serial" and d.port:
+            by_port.setdefault(d.port, []).append(d)
+    for port, group in by_port.items():
+        if len(group) < 2:
+            continue
+        ids = ", ".join(d.id for d in group)
+        models = [MODELS[d.model] for d in group]
+        if any(m.bus is None for m in models):
+            problems.append(f"devices {ids} share port {port}: only polled models can share a port")
+            continue
+        if len({m.family for m in models}) > 1:
+            problems.append(f"devices {ids} share port {port}: one protocol family per bus")
+            continue
+        settings = {
+            (d.baudrate or m.serial.baudrate, d.parity or m.serial.parity, d.echo)
+            for d, m in zip(group, models, strict=True)
+        }
+        if len(settings) > 1:
+            problems.append(f"devices {ids} share port {port} but not baudrate/parity/echo")
+        seen: dict[int, str] = {}
+        for d in group:
+            for a in d.bus_options.addresses:
+                if a in seen:
+                    problems.append(f"devices {seen[a]} and {d.id} on port {port} both use address {a}")
+                seen[a] = d.id
+    return problems
 
 
 class ConfigProblem(BaseModel):
@@ -351,6 +546,10 @@ def read_secret(*, file: Path | None, env: str, what: str) -> str | None:
                 [ConfigProblem(key=what, found=exc.strerror or "unreadable", expected="a readable secret file")],
             ) from None
     return os.environ.get(env) or None
+
+
+def device_env_name(device: str, what: str) -> str:
+    return f"SDGW_DEVICE_{re.sub(r'[^A-Za-z0-9]', '_', device).upper()}_{what}"
 
 
 def sink_env_name(sink: str, what: str) -> str:

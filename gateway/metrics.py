@@ -174,13 +174,15 @@ class GatewayCollector:
             frames = CounterMetricFamily(
                 "sdgw_serial_frames", "Whole frames cut from the byte stream", labels=["device"]
             )
-            for ingest in gw.serial:
+            for ingest in gw.serial:  # devices sharing a bus report their port's figures alike
                 ps = ingest.port.stats
-                opened.add_metric([ingest.device.id], 1 if ps.is_open else 0)
-                reconnects.add_metric([ingest.device.id], ps.reconnects)
-                read.add_metric([ingest.device.id], ps.bytes_in)
-                frames.add_metric([ingest.device.id], ps.frames)
+                for device in ingest.devices:
+                    opened.add_metric([device.id], 1 if ps.is_open else 0)
+                    reconnects.add_metric([device.id], ps.reconnects)
+                    read.add_metric([device.id], ps.bytes_in)
+                    frames.add_metric([device.id], ps.frames)
             yield from (opened, reconnects, read, frames)
+            yield from _poll_families(gw)
 
         if gw.monitor is not None:
             g = GaugeMetricFamily("sdgw_clock_synchronised", "1 while the clock is synchronised (D7)")
@@ -192,6 +194,30 @@ class GatewayCollector:
             c = CounterMetricFamily("sdgw_clock_jumps", "Jumps of the wall clock against monotonic time")
             c.add_metric([], gw.monitor.jumps)
             yield c
+
+
+def _poll_families(gw: Gateway):
+    """The bus poll loop's counters per polled device (`sdgw_serial_poll_*`)."""
+    docs = {
+        "requests": "Requests written to the bus (routine polls and commands)",
+        "answers": "Requests answered by the device",
+        "timeouts": "Requests that went unanswered within their timeout",
+        "mismatched": "Frames that did not answer the request in flight (late, another address)",
+        "commands": "Commands sent ahead of the routine polls (e.g. a locker open)",
+    }
+    families = {k: CounterMetricFamily(f"sdgw_serial_poll_{k}", doc, labels=["device"]) for k, doc in docs.items()}
+    answering = GaugeMetricFamily(
+        "sdgw_serial_poll_answering", "1 while the device answers its polls, 0 once it went silent", labels=["device"]
+    )
+    for ingest in gw.serial:
+        if ingest.poller is None:
+            continue
+        for device_id, st in ingest.poller.stats.items():
+            for key, family in families.items():
+                family.add_metric([device_id], getattr(st, key))
+            answering.add_metric([device_id], 0 if st.answering is False else 1)
+    yield from families.values()
+    yield answering
 
 
 def gateway_registry(gw: Gateway) -> CollectorRegistry:

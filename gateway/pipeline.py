@@ -15,8 +15,11 @@ from devices.registry import lookup
 from gateway.config import DeviceConfig, GatewayConfig
 from gateway.log.store import AppendBatch, DeadLetter, NewRecord
 from gateway.privacy import Pseudonymiser
+from gateway.privacy_step import strip_personal
 from gateway.processors import footfall
 from gateway.processors.counters import CounterProcessor, footfall_draft, gauge_draft
+from gateway.processors.locker_stage import STATE_KEY as LOCKERS_STATE_KEY
+from gateway.processors.locker_stage import LockerStage, request_board
 from gateway.processors.presence import PresenceSettings
 from gateway.processors.rfid import STATE_KEY as RFID_STATE_KEY
 from gateway.processors.rfid import RfidStage
@@ -74,6 +77,11 @@ class TopicRouter:
         return None
 
 
+def _site_of_line(draft: RecordDraft, line_sites: dict[str, str]) -> RecordDraft:
+    site = line_sites.get(draft.tags.get("line", "")) if draft.measurement == "footfall" else None
+    return replace(draft, tags={**draft.tags, "site": site}) if site else draft
+
+
 def _matches(pattern: list[str], levels: list[str]) -> bool:
     for i, p in enumerate(pattern):
         if p == "#":
@@ -95,17 +103,32 @@ class Pipeline:
                 tags["site"] = d.site
             self.base_tags[d.id] = tags
             self.stats[d.id] = DeviceStats()
+        # per-line sites (`[[devices]] lines`): a counter watching two shop doors feeds two sites
+        self.line_sites: dict[str, dict[str, str]] = {d.id: dict(d.lines) for d in config.devices if d.lines}
         self.unrouted = 0
         self.unencodable = 0
         self.counters = CounterProcessor()
+        self.committed_counters = b""  # the counter state as last committed (empty: fresh)
         r = config.rfid
+        self.pseudonymiser = Pseudonymiser(config.privacy.key_file) if config.privacy.key_file else None
         self.rfid = RfidStage(
-            PresenceSettings(r.depart_after_s, r.summary_interval_s, r.move_margin_db),
-            Pseudonymiser(config.privacy.key_file) if config.privacy.key_file else None,
+            PresenceSettings(r.depart_after_s, r.summary_interval_s, r.move_margin_db, r.move_margin_raw),
+            self.pseudonymiser,
         )
+        self.lockers = LockerStage(config, self.base_tags, self.pseudonymiser)
+        # lock boards: the feedback polarity of the bank's wiring (device-protocols §5.1)
+        self.decode_options: dict[str, dict] = {
+            d: {"feedback": s.feedback} for d, s in self.lockers.specs.items() if s.transport == "serial"
+        }
+        for d in config.devices:  # the model's per-device decode settings (a Modbus register map)
+            if kwargs := d.decode_kwargs():
+                self.decode_options.setdefault(d.id, {}).update(kwargs)
 
     def drafts(self, device: DeviceConfig, events: list, arrival: Arrival, position: int) -> list[RecordDraft]:
         tags = self.base_tags[device.id]
+        if self.lockers.owns(device.id):
+            mono = arrival.mono_ns + position * RECEIVE_SPACING_NS
+            return self.lockers.on_events(device.id, events, mono, arrival.wall_ns if arrival.wall_trusted else None)
         out = []
         if any(isinstance(ev, (CounterTotals, CounterPeriod)) for ev in events):
             # cumulative and per-period styles: one payload at a time through the counter state (§4.8)
@@ -125,6 +148,8 @@ class Pipeline:
                 for change in self.rfid.on_read(device.id, tags, ev, mono, wall):
                     d = self.rfid.draft(change)
                     out.append(replace(d, mono_ns=change.at_ns))
+        if device.id in self.line_sites:
+            out = [_site_of_line(d, self.line_sites[device.id]) for d in out]
         return out
 
     def rfid_tick(self, arrival: Arrival) -> AppendBatch | None:
@@ -139,19 +164,59 @@ class Pipeline:
         self._add_state(batch, arrival)
         return batch
 
+    def locker_tick(self, arrival: Arrival) -> AppendBatch | None:
+        """Locker timers (door left open, open unconfirmed, periodic occupancy; called every second)."""
+        if not self.lockers.banks:
+            return None
+        return self.locker_batch(self.lockers.tick(arrival.mono_ns), arrival)
+
+    def poll_timeout(self, device: DeviceConfig, arrival: Arrival, request: bytes | None = None) -> AppendBatch | None:
+        """A polled board did not answer (the serial poll loop's call). `request`, where given, is the
+        poll that went unanswered: it names the board; without it every board of the bus counts a miss.
+        None for devices that are not locker banks."""
+        if not self.lockers.owns(device.id):
+            return None
+        board = request_board(self.lockers.specs[device.id].family, request)
+        return self.locker_batch(self.lockers.poll_timeout(device.id, board, arrival.mono_ns), arrival)
+
+    def locker_batch(self, drafts: list[RecordDraft], arrival: Arrival, *, always: bool = False) -> AppendBatch | None:
+        """Locker drafts made outside a payload (timers, commands, audit) with the stage's state."""
+        batch = AppendBatch(boot_id=arrival.boot_id, pausable=False)
+        for index, draft in enumerate(drafts):
+            self._append_draft(batch, None, draft, arrival, 0, index, b"")
+        self._add_state(batch, arrival)
+        return batch if batch.records or batch.state or always else None
+
     def _add_state(self, batch: AppendBatch, arrival: Arrival) -> None:
         if self.counters.dirty:
             batch.state[COUNTERS_STATE_KEY] = self.counters.to_bytes()
         if self.rfid.dirty:
             batch.state[RFID_STATE_KEY] = self.rfid.snapshot(arrival.boot_id)
             self.rfid.dirty = False
+        if self.lockers.dirty and (lockers := self.lockers.snapshot(arrival.boot_id)) is not None:
+            batch.state[LOCKERS_STATE_KEY] = lockers
 
-    def restore_state(self, state: dict[str, bytes], boot_id: str) -> None:
-        """Processor state as committed in the log (D1): the gateway picks up where it stopped."""
+    def counters_committed(self, batch: AppendBatch) -> None:
+        """`batch` is durable: its counter state is the one to fall back on."""
+        if COUNTERS_STATE_KEY in batch.state:
+            self.committed_counters = batch.state[COUNTERS_STATE_KEY]
+
+    def roll_back_counters(self) -> None:
+        """An MQTT batch failed to commit: its messages stay unacknowledged and come again, so the
+        counter state must forget them — else the redelivered reports would look like duplicates
+        (or their totals like no change) and their crossings would be lost."""
+        self.counters.restore(self.committed_counters)
+
+    def restore_state(self, state: dict[str, bytes], boot_id: str, mono_ns: int = 0) -> None:
+        """Processor state as committed in the log (D1): the gateway picks up where it stopped.
+        `mono_ns`: now on this boot's monotonic clock (timers of another boot's state restart from it)."""
         if COUNTERS_STATE_KEY in state:
             self.counters.restore(state[COUNTERS_STATE_KEY])
+            self.committed_counters = state[COUNTERS_STATE_KEY]
         if RFID_STATE_KEY in state:
             self.rfid.restore(state[RFID_STATE_KEY], boot_id)
+        if LOCKERS_STATE_KEY in state:
+            self.lockers.restore(state[LOCKERS_STATE_KEY], boot_id, mono_ns)
 
     def _append_draft(
         self,
@@ -201,7 +266,8 @@ class Pipeline:
         st = self.stats[device.id]
         st.messages += 1
         st.last_seen_wall_ns = arrival.wall_ns
-        result = lookup(device.model).decode(payload, received_ns=arrival.wall_ns)
+        options = self.decode_options.get(device.id, {})
+        result = lookup(device.model).decode(payload, received_ns=arrival.wall_ns, **options)
         if isinstance(result, Reject):
             st.rejects[result.reason.value] += 1
             batch.dead_letters.append(
@@ -224,6 +290,8 @@ class Pipeline:
             )
         st.events += len(result)
         try:
+            # D13: personal fields are dropped or pseudonymised before anything else sees the events
+            result = strip_personal(result, self.pseudonymiser, arrival.wall_ns if arrival.wall_trusted else None)
             drafts = self.drafts(device, result, arrival, position)
         except LookupError as exc:  # e.g. a personal ID with no pseudonym key: never stored clear
             st.rejects["no_pseudonym_key"] += 1
@@ -259,6 +327,13 @@ class Pipeline:
         if device is None or lookup(device.model).personal_raw:
             return f"<{len(raw)} bytes masked: may hold a personal identifier>".encode()
         return raw
+
+    def push_batch(self, device: DeviceConfig, payload: bytes, arrival: Arrival) -> AppendBatch:
+        """One document a device pushed over HTTP → one append (committed before the 2xx answer)."""
+        batch = AppendBatch(boot_id=arrival.boot_id, pausable=True)
+        self.decode_into(batch, device, payload, arrival)
+        self._add_state(batch, arrival)
+        return batch
 
     def mqtt_batch(self, messages: list, arrival: Arrival) -> AppendBatch:
         """All PUBLISHes of one received chunk → one append (committed before any PUBACK)."""

@@ -13,23 +13,24 @@ import logging
 import signal
 import ssl
 import time
-from dataclasses import replace
 from datetime import UTC, datetime
 
 import orjson
 
-from devices.registry import lookup
 from gateway import __version__
 from gateway.clock import ClockSource, clock_for
 from gateway.clock_monitor import ClockMonitor
-from gateway.config import DeviceConfig, GatewayConfig, MqttConfig, read_secret
+from gateway.config import GatewayConfig, MqttConfig, read_secret
+from gateway.lockers_control import LockerControl
 from gateway.log.schema import RecordClass
 from gateway.log.store import AppendBatch, AppendResult, DurableLog, NewRecord
 from gateway.pipeline import Pipeline
+from gateway.serial_ingest import SerialIngest, serial_ingests
 from gateway.sinks.lineproto import encode_head
 from gateway.sinks.runner import SinkRunner, runners_for
+from gateway.sources.http_push import HttpPushIngest
 from gateway.sources.mqtt_client import AckToken, InboundMessage, MqttClient, MqttMessageSpec, MqttOptions
-from gateway.sources.serial import SerialPort, SerialPortSpec
+from gateway.watchdog import SystemdNotifier
 
 log = logging.getLogger("sdgw.runtime")
 
@@ -73,54 +74,25 @@ class MqttIngest:
     def on_batch(self, messages: list[InboundMessage], token: AckToken) -> None:
         batch = self.pipeline.mqtt_batch(messages, self.monitor.arrival())
         self.in_flight += 1
-        self.log.submit(batch, lambda result: self._committed(result, token))
+        self.log.submit(batch, lambda result: self._committed(result, token, batch))
 
-    def _committed(self, result: AppendResult | BaseException, token: AckToken) -> None:
+    def _committed(self, result: AppendResult | BaseException, token: AckToken, batch: AppendBatch) -> None:
         self.in_flight -= 1
         if isinstance(result, BaseException):
-            # Not committed: no PUBACK, so the broker redelivers after the reconnect we force.
+            # Not committed: no PUBACK, so the broker redelivers after the reconnect we force, and
+            # the counter state forgets these reports so that their redelivery counts. (The log
+            # fails every batch of the failed group commit; a batch built on this one that commits
+            # in a later group would still carry its effects — that needs a write error followed at
+            # once by a successful commit, and is left at that.)
             self.append_errors += 1
+            self.pipeline.roll_back_counters()
             log.error("append failed, messages left unacknowledged: %s", result)
             if self.client is not None:
                 self.client.reconnect("log append failed")
             return
+        self.pipeline.counters_committed(batch)
         assert self.client is not None
         self.client.ack(token)
-
-
-class SerialIngest:
-    """Glue between one serial port and the log: a read's frames → one unpausable append."""
-
-    def __init__(self, device: DeviceConfig, pipeline: Pipeline, durable_log: DurableLog, monitor: ClockMonitor):
-        self.device = device
-        self.pipeline = pipeline
-        self.log = durable_log
-        self.monitor = monitor
-        self.append_errors = 0
-        model = lookup(device.model)
-        assert model.framer is not None and model.serial is not None
-        settings = model.serial
-        if device.baudrate or device.parity:
-            settings = replace(
-                settings, baudrate=device.baudrate or settings.baudrate, parity=device.parity or settings.parity
-            )
-        spec = SerialPortSpec(
-            name=device.id,
-            path=str(device.port),
-            settings=settings,
-            start_commands=tuple(model.start_commands() if model.start_commands else ()),
-            keepalive_s=model.keepalive_s,
-        )
-        self.port = SerialPort(spec, model.framer, self.on_frames)
-
-    def on_frames(self, items: list) -> None:
-        batch = self.pipeline.serial_batch(self.device, items, self.monitor.arrival())
-        self.log.submit(batch, self._committed)
-
-    def _committed(self, result: AppendResult | BaseException) -> None:
-        if isinstance(result, BaseException):
-            # Serial bytes cannot be re-read: counted, logged once per failure burst by the log.
-            self.append_errors += 1
 
 
 class Gateway:
@@ -147,11 +119,26 @@ class Gateway:
         self.monitor: ClockMonitor | None = None
         self.ingest: MqttIngest | None = None
         self.serial: list[SerialIngest] = []
+        self.push: HttpPushIngest | None = None  # devices pushing over HTTP (served by the API)
         self.started_mono = time.monotonic()
         self._stop = asyncio.Event()
+        self.notifier = SystemdNotifier()
+        self.lockers: LockerControl | None = None  # remote open of this gateway's locker banks
 
     def request_stop(self) -> None:
         self._stop.set()
+
+    async def serial_request(self, device_id: str, request: bytes, *, timeout_s: float) -> bytes:
+        """Send `request` to a polled serial device ahead of its routine polls and return the frame
+        that answers it (its model's matcher decides); the frame also goes through the pipeline like
+        a polled answer. It goes out as soon as the request in flight on its bus has ended. TimeoutError
+        when no answer came within `timeout_s` of writing it; gateway.sources.poller.RequestNotSent (a
+        TimeoutError) when it could not be written within `timeout_s` (port closed, bus busy): then it
+        never is. LookupError: not a polled serial device of this gateway."""
+        for ingest in self.serial:
+            if ingest.poller is not None and device_id in ingest.poller.devices:
+                return await ingest.poller.request(device_id, request, timeout_s=timeout_s)
+        raise LookupError(f"{device_id!r} is not a polled serial device of this gateway")
 
     def _mqtt_client(self) -> MqttClient:
         cfg = self.config.mqtt
@@ -220,9 +207,31 @@ class Gateway:
                 reasons.append("MQTT broker not connected")
         for ingest in self.serial:
             ps = ingest.port.stats
-            sources[f"serial:{ingest.device.id}"] = {"open": ps.is_open, "frames": ps.frames, "rejects": ps.rejects}
+            for device in ingest.devices:
+                source: dict = {"open": ps.is_open, "frames": ps.frames, "rejects": ps.rejects}
+                if ingest.poller is not None:
+                    poll = ingest.poller.stats[device.id]
+                    source["poll"] = {
+                        "answering": poll.answering,
+                        "requests": poll.requests,
+                        "answers": poll.answers,
+                        "timeouts": poll.timeouts,
+                        "mismatched": poll.mismatched,
+                    }
+                    if poll.answering is False:
+                        reasons.append(f"serial device {device.id} not answering")
+                sources[f"serial:{device.id}"] = source
             if not ps.is_open:
-                reasons.append(f"serial port of {ingest.device.id} not open")
+                reasons.append(f"serial port of {ingest.name} not open")
+        if self.push is not None:
+            for device_id, st in self.push.stats.items():
+                sources[f"http:{device_id}"] = {
+                    "accepted": st.accepted,
+                    "rejected": st.rejected,
+                    "refused": st.refused,
+                    "auth_failures": st.auth_failures,
+                    "last_seen": _rfc3339(st.last_seen_wall_ns) if st.last_seen_wall_ns else None,
+                }
         if self.log.paused:
             reasons.append("log at its cap: MQTT intake paused")
         clock = {
@@ -254,6 +263,9 @@ class Gateway:
             batch = self.pipeline.rfid_tick(self.monitor.arrival())
             if batch is not None:
                 await self.log.append(batch)
+            batch = self.pipeline.locker_tick(self.monitor.arrival())  # door left open, open unconfirmed
+            if batch is not None:
+                await self.log.append(batch)
 
     def _on_pressure(self, paused: bool) -> None:
         if self.mqtt is not None:
@@ -264,10 +276,21 @@ class Gateway:
         from gateway.api.server import serve
         from gateway.metrics import gateway_registry
 
-        ctx = build_context(self.config, mode="gateway", local_health=self.health, registry=gateway_registry(self))
+        ctx = build_context(
+            self.config,
+            mode="gateway",
+            local_health=self.health,
+            registry=gateway_registry(self),
+            lockers=self.lockers,
+            push=self.push,
+        )
+        from gateway.status_page import StatusSource
+
         api = self.config.api
+        app = create_app(ctx)
+        app.state.status_source = StatusSource(self)  # GET /status, the technician's page
         log.warning("API listening on http://%s:%d", api.host, api.port)
-        await serve(create_app(ctx), api.host, api.port)
+        await serve(app, api.host, api.port)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -277,7 +300,7 @@ class Gateway:
         self.log.open(loop)
         c = self.config.clock
         self.monitor = ClockMonitor(self.clock_source, self.log, poll_s=c.poll_s, jump_threshold_s=c.jump_threshold_s)
-        self.pipeline.restore_state(self.log.initial_state, self.monitor.boot_id)
+        self.pipeline.restore_state(self.log.initial_state, self.monitor.boot_id, self.monitor.arrival().mono_ns)
         self.sinks = [*runners_for(self.config, self.log)]
         self.ingest = MqttIngest(self.pipeline, self.log, self.monitor)
         if self.config.mqtt is not None:
@@ -286,11 +309,20 @@ class Gateway:
             self.log.on_pressure(self._on_pressure)
             if self.log.paused:
                 self.mqtt.pause()
-        self.serial = [
-            SerialIngest(d, self.pipeline, self.log, self.monitor)
-            for d in self.config.devices
-            if d.transport == "serial"
-        ]
+        self.serial = serial_ingests(self.config.devices, self.pipeline, self.log, self.monitor)
+        if any(d.transport == "http" for d in self.config.devices):
+            self.push = HttpPushIngest.for_devices(self.config.devices, self.pipeline, self.log, self.monitor)
+        if self.pipeline.lockers.banks:
+            mqtt = self.mqtt
+            self.lockers = LockerControl(
+                self.config,
+                self.pipeline,
+                self.log,
+                self.monitor.arrival,
+                publish=(lambda topic, payload: mqtt.publish(topic, payload, qos=1)) if mqtt is not None else None,
+                serial_request=getattr(self, "serial_request", None),  # the serial poll loop's request path
+            )
+            self.lockers.restore(self.log.initial_state)
         log.warning("gateway %s starting (log %s)", self.config.gateway.id, self.config.log_path)
         try:
             async with asyncio.TaskGroup() as tg:
@@ -300,11 +332,16 @@ class Gateway:
                 tasks.append(tg.create_task(self._processor_ticks(), name="processor-ticks"))
                 if self.mqtt is not None:
                     tasks.append(tg.create_task(self.mqtt.run(), name="mqtt"))
-                tasks += [tg.create_task(s.port.run(), name=f"serial-{s.device.id}") for s in self.serial]
+                tasks += [tg.create_task(s.run(), name=f"serial-{s.name}") for s in self.serial]
                 if self.config.api.enabled:
                     tasks.append(tg.create_task(self._serve_api(), name="api"))
+                # systemd (Type=notify, WatchdogSec=): ready once every task exists; the keep-alive
+                # is an asyncio task, so a stuck event loop stops feeding it (gateway/watchdog.py)
+                tasks.append(tg.create_task(self.notifier.feed(), name="watchdog"))
+                self.notifier.ready(f"gateway {self.config.gateway.id} running")
                 await self._stop.wait()
                 log.warning("gateway stopping")
+                self.notifier.stopping()
                 if self.mqtt is not None:
                     await self.mqtt.shutdown(timeout_s=5.0)
                 for t in tasks:

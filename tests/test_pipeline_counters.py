@@ -48,3 +48,18 @@ def test_pipeline_counter_totals_become_deltas_with_wrap_and_reset():
     restored = Pipeline(cfg)
     restored.restore_state(b.state, "boot")
     assert fields(restored.mqtt_batch([totals(4, 2)], arrival)) == [b"entries=3i,exits=2i"]
+
+
+def test_failed_commit_rolls_the_counter_state_back_so_the_redelivery_counts():
+    """A batch whose commit failed is redelivered by the broker (no PUBACK): counted then, once."""
+    p = Pipeline(parse_config(CONFIG))
+    arrival = Arrival(1_700_000_000_000_000_000, 5_000, "boot", True)
+    p.counters_committed(p.mqtt_batch([totals(100, 100)], arrival))
+    lost = p.mqtt_batch([totals(110, 104)], arrival)
+    assert fields(lost) == [b"entries=10i,exits=4i"]
+    p.roll_back_counters()  # what MqttIngest does when the append fails
+    again = p.mqtt_batch([totals(110, 104)], arrival)
+    assert fields(again) == [b"entries=10i,exits=4i"]
+    p.counters_committed(again)
+    # a true repeat now: nothing more is counted (raw items carry no time: a zero delta, D4)
+    assert fields(p.mqtt_batch([totals(110, 104)], arrival)) == [b"entries=0i,exits=0i"]

@@ -44,6 +44,21 @@ def test_presence_without_rssi_never_moves():
     assert t.present_at("r1") == ["E1"]
 
 
+def test_presence_moves_on_raw_strength_with_its_own_margin_never_across_scales():
+    """UHFReader288 gives a raw strength of unknown unit: moves between its antennas use
+    `move_margin_raw`; a raw value is never compared with a dBm one."""
+    t = PresenceTracker(PresenceSettings(move_margin_db=6, move_margin_raw=10))
+    t.on_read("E1", "c288", 1, 100.0, 1, 0, "raw")
+    assert t.on_read("E1", "c288", 2, 108.0, 1, S, "raw") == []  # within the raw margin
+    moved = t.on_read("E1", "c288", 2, 112.0, 1, 2 * S, "raw")
+    assert kinds(moved) == [("depart", "c288", 1), ("arrive", "c288", 2)]
+    assert moved[1].scale == "raw"
+    assert t.on_read("E1", "m100", 0, -20.0, 1, 3 * S, "dbm") == []  # another scale: no move
+    t2 = PresenceTracker(PresenceSettings())
+    t2.restore(t.snapshot())
+    assert t2.tags["E1"].scale == "raw"
+
+
 def test_presence_state_survives_a_restart():
     t = PresenceTracker(PresenceSettings())
     t.on_read("E1", "r1", 1, -40.0, 3, 0)

@@ -11,11 +11,23 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from gateway import __version__
+from gateway import __version__, status_page
 from gateway.api import problems
 from gateway.api.context import ApiContext, build_context
+from gateway.api.ratelimit import TokenBuckets
 from gateway.api.request_metrics import RequestMetrics
-from gateway.api.routes import gateways, health, metrics, rfid
+from gateway.api.routes import (
+    footfall,
+    gateways,
+    health,
+    ingest,
+    lockers,
+    metrics,
+    occupancy,
+    open_data,
+    rfid,
+    sites,
+)
 
 __all__ = ["ApiContext", "build_context", "create_app"]
 
@@ -49,8 +61,18 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.state.ctx = ctx
     problems.install(app)
     app.add_middleware(RequestMetrics, registry=ctx.registry)
-    for module in (health, gateways, metrics, rfid):
+    for module in (health, gateways, metrics, rfid, lockers, ingest):
         app.include_router(module.router)
+    # merchant footfall API and open data; their rate limits are this process's own (per replica)
+    api, opened = ctx.config.api, ctx.config.open_data
+    app.state.key_limits = TokenBuckets(api.rate_limit_per_s, api.rate_limit_burst)
+    app.state.open_limits = TokenBuckets(opened.rate_limit_per_s, opened.rate_limit_burst)
+    for module in (sites, footfall, occupancy):
+        app.include_router(module.router)
+    if opened.enabled:  # switched off: the route does not exist (404, and not in the OpenAPI document)
+        app.include_router(open_data.router)
+    # the technician's page: answers where the host set app.state.status_source (`sdgw run`), else 404
+    app.include_router(status_page.router)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -6,13 +6,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
 from gateway.api.influxql import InfluxQL
 from gateway.config import GatewayConfig
 from gateway.keys import KeyStore
+
+if TYPE_CHECKING:
+    from gateway.lockers_control import LockerControl
+    from gateway.sources.http_push import HttpPushIngest
 
 Mode = Literal["gateway", "api"]
 
@@ -26,6 +30,10 @@ class ApiContext:
     # Gateway mode: the gateway's own state, {"healthy": bool, "reasons": [str], …details}; None in api mode.
     local_health: Callable[[], dict[str, Any]] | None
     registry: CollectorRegistry
+    # Gateway mode: remote open of the banks on this gateway's buses; None in api mode (D15)
+    lockers: LockerControl | None = None
+    # Gateway mode: devices that push over HTTP (POST /v1/ingest/<device>); None in api mode
+    push: HttpPushIngest | None = None
 
 
 def build_context(
@@ -34,6 +42,8 @@ def build_context(
     mode: Mode,
     local_health: Callable[[], dict[str, Any]] | None = None,
     registry: CollectorRegistry | None = None,
+    lockers: LockerControl | None = None,
+    push: HttpPushIngest | None = None,
 ) -> ApiContext:
     """The context for `config`. The gateway passes its metrics registry and local health; `sdgw api`
     gets a registry of its own with the process collectors. Raises ConfigError for unreadable secrets."""
@@ -52,4 +62,6 @@ def build_context(
         influx=InfluxQL.from_sink(sink, timeout_s=config.api.query_timeout_s) if sink else None,
         local_health=local_health,
         registry=registry,
+        lockers=lockers,
+        push=push,
     )

@@ -5,12 +5,15 @@ merchant scope. A route states what it needs in its signature; no route checks r
     AnyKey         any current key (401 otherwise)
     OperatorKey    an operator key (403 for a merchant)
     MerchantScope  the sites this key may see: every site for an operator, its own for a merchant
+    LimitedScope   MerchantScope after the key's rate limit (the merchant routes)
+    OpenClient     the open-data rate limit, per client address (no key)
     MetricsAccess  /metrics: open to loopback when config says so, else an operator key
 """
 
 from __future__ import annotations
 
 import ipaddress
+import math
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -19,7 +22,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from gateway.api.context import ApiContext
 from gateway.api.influxql import quote_ident, quote_literal
-from gateway.api.problems import forbidden, unauthorized
+from gateway.api.problems import Problem, forbidden, unauthorized
+from gateway.api.ratelimit import TokenBuckets
+from gateway.config import SiteConfig
 from gateway.keys import Check, KeyRecord, Role
 
 bearer = HTTPBearer(
@@ -79,6 +84,14 @@ class SiteScope:
         if not self.allows(site):
             raise forbidden("site-out-of-scope", f"site {site!r} is not one of this key's sites")
 
+    def site(self, ctx: ApiContext, site_id: str) -> SiteConfig:
+        """The configured site `site_id` if this key may see it. An unknown site and another
+        merchant's site get the very same 404, so a merchant cannot learn which ids exist."""
+        found = next((s for s in ctx.config.sites if s.id == site_id), None)
+        if found is None or not self.allows(site_id):
+            raise Problem(404, "no such site")
+        return found
+
     def influxql_condition(self, tag: str = "site") -> str | None:
         """A WHERE term limiting a query to the scope's sites; None for an operator."""
         if self.sites is None:
@@ -87,13 +100,48 @@ class SiteScope:
         return "(" + " OR ".join(terms) + ")"
 
 
-async def merchant_scope(key: AnyKey) -> SiteScope:
+async def merchant_scope(ctx: Ctx, key: AnyKey) -> SiteScope:
     if key.role is Role.OPERATOR:
         return SiteScope(key, None)
-    return SiteScope(key, frozenset(key.sites))
+    # a key's sites were checked against [[sites]] when it was made; a site since removed from
+    # the config is simply no longer in scope (D15)
+    return SiteScope(key, frozenset(key.sites) & {s.id for s in ctx.config.sites})
 
 
 MerchantScope = Annotated[SiteScope, Depends(merchant_scope)]
+
+
+def rate_limited(limiter: TokenBuckets, client: str) -> None:
+    wait_s = limiter.take(client)
+    if wait_s > 0:
+        retry_after = max(1, math.ceil(wait_s))
+        raise Problem(
+            429,
+            f"more than {limiter.burst} requests at once or {limiter.rate_per_s:g} per second; "
+            f"retry in {retry_after} s",
+            type_="rate-limited",
+            title="Too many requests",
+            headers={"Retry-After": str(retry_after)},
+            retry_after_s=retry_after,
+        )
+
+
+async def limited_scope(request: Request, scope: MerchantScope) -> SiteScope:
+    rate_limited(request.app.state.key_limits, scope.key.id)
+    return scope
+
+
+LimitedScope = Annotated[SiteScope, Depends(limited_scope)]
+
+
+async def open_client(request: Request) -> str:
+    # the TCP peer, or X-Forwarded-For from a trusted (loopback) proxy: see metrics_access below
+    address = request.client.host if request.client else "unknown"
+    rate_limited(request.app.state.open_limits, address)
+    return address
+
+
+OpenClient = Annotated[str, Depends(open_client)]
 
 
 def is_loopback(host: str | None) -> bool:

@@ -9,6 +9,10 @@ left open, open unconfirmed, periodic occupancy) run at the start of every call,
 to come often enough for alarms to be timely. The state is a small JSON document (`to_bytes` /
 `from_bytes`) committed with the records (D1).
 
+Modules by role: this one is the state machine (transitions, entry points, views);
+`lockers_model` its data, `lockers_records` how transitions become records, `lockers_state` the
+committed JSON state.
+
 Records — tags beyond the pipeline's district/street/gateway/[site]/device are bounded by config; tag
 and field names are disjoint across all locker measurements:
 
@@ -23,6 +27,9 @@ and field names are disjoint across all locker measurements:
     locker_audit       AUDIT      bank, compartment          action, actor, detail
     locker_occupancy   TELEMETRY  bank                       compartments, loaded, empty, unknown,
                                                              out_of_service, doors_open
+
+(`locker_compartment`, each compartment's full state at each change, is written by the stage around
+the banks, `locker_stage.py`; remote opens add their own `locker_audit` records, `lockers_control.py`.)
 
 `alarm` ∈ door_left_open, forced_open, lock_jammed: raised once (is_active true), cleared once
 (is_active false, duration_s). A command's `outcome`: requested, refused, confirmed, failed,
@@ -44,13 +51,9 @@ characters): clear text that slipped past the privacy step is never written.
 from __future__ import annotations
 
 import dataclasses
-import enum
-import re
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-
-import orjson
 
 from devices.events import (
     CompartmentDoorReported,
@@ -68,111 +71,41 @@ from devices.events import (
     UnlockAnswered,
 )
 from gateway.log.schema import RecordClass
-from gateway.records import FieldValue, RecordDraft
+from gateway.processors import lockers_state
+from gateway.processors.lockers_model import (
+    NS,
+    Board,
+    CommandKind,
+    CommandOutcome,
+    CommandStatus,
+    Compartment,
+    CompartmentView,
+    Load,
+    LockerConfig,
+)
+from gateway.processors.lockers_records import LockerRecords
+from gateway.records import RecordDraft
 
-NS = 1_000_000_000
-STATE_VERSION = 1
+__all__ = [
+    "CommandKind",
+    "CommandOutcome",
+    "CommandStatus",
+    "CompartmentView",
+    "Load",
+    "LockerBank",
+    "LockerConfig",
+]
+
 SEEN_IDS = 512  # message ids remembered to drop an MQTT bank's duplicates (D4)
-_PSEUDONYM = re.compile(r"[0-9a-f]{32}")
-
-
-class CommandKind(enum.StrEnum):
-    OPEN = "open"
-    DISABLE = "disable"  # out of service
-    ENABLE = "enable"
-
-
-class CommandStatus(enum.StrEnum):
-    """The answer to `on_command`; the API maps refusals to 409 and unknown compartments to 404."""
-
-    ACCEPTED = "accepted"
-    REFUSED_PENDING = "refused_pending"  # an open of it is still unconfirmed (D10)
-    REFUSED_OUT_OF_SERVICE = "refused_out_of_service"
-    UNKNOWN_COMPARTMENT = "unknown_compartment"
-
-
-class Load(enum.StrEnum):
-    EMPTY = "empty"
-    LOADED = "loaded"
-    UNKNOWN = "unknown"  # no item sensor and no parcel events (yet)
-
-
-@dataclass(frozen=True)
-class LockerConfig:
-    bank: str  # tag value
-    compartments: Mapping[tuple[int, int], int]  # (board, lock) → compartment number
-    door_open_alarm_s: float = 120.0
-    command_window_s: float = 30.0  # an opening this soon after an open command was commanded
-    confirm_timeout_s: float = 2.0  # open sent, no confirmation → unconfirmed (8A/80: reply within 1.5 s)
-    offline_after_polls: int = 3
-    occupancy_every_s: float = 300.0
-
-    @classmethod
-    def serial(cls, bank: str, boards: Mapping[int, int], **kw) -> LockerConfig:
-        """Boards (address → lock count) in order; compartments numbered 1… across them."""
-        locks = [(b, lock) for b, n in boards.items() for lock in range(1, n + 1)]
-        return cls(bank, {bl: i for i, bl in enumerate(locks, start=1)}, **kw)
-
-    @classmethod
-    def mqtt(cls, bank: str, count: int, **kw) -> LockerConfig:
-        return cls(bank, {(0, n): n for n in range(1, count + 1)}, **kw)
 
 
 @dataclass
-class _Compartment:
-    number: int
-    in_service: bool = True
-    door_open: bool | None = None
-    item_present: bool | None = None
-    load: Load = Load.UNKNOWN
-    opened_ns: int | None = None
-    left_open_raised: bool = False
-    forced_raised: bool = False
-    jammed_ns: int | None = None
-    cmd_ns: int | None = None  # last open command not yet matched by an opening
-    pending: str | None = None  # "pending" | "unconfirmed"
-    pending_ns: int = 0
-    pending_txn: str = ""
-    loaded_ns: int | None = None
-    parcel_id: str | None = None
-
-
-@dataclass
-class _Board:
-    missed: int = 0
-    offline_ns: int | None = None  # set while the controller is offline
-
-
-@dataclass(frozen=True)
-class CommandOutcome:
-    status: CommandStatus
-    drafts: list[RecordDraft]
-
-    @property
-    def accepted(self) -> bool:
-        return self.status is CommandStatus.ACCEPTED
-
-
-@dataclass(frozen=True)
-class CompartmentView:
-    """What the API and the status page show for one compartment."""
-
-    compartment: int
-    in_service: bool
-    door_open: bool | None
-    item_present: bool | None
-    load: Load
-    command: str | None  # "pending" | "unconfirmed" | None
-    alarms: tuple[str, ...]
-
-
-@dataclass
-class LockerBank:
+class LockerBank(LockerRecords):
     config: LockerConfig
     base_tags: dict[str, str]  # district, street, gateway, [site], device
     device_id: str = ""
-    comps: dict[tuple[int, int], _Compartment] = field(default_factory=dict)
-    boards: dict[int, _Board] = field(default_factory=dict)
+    comps: dict[tuple[int, int], Compartment] = field(default_factory=dict)
+    boards: dict[int, Board] = field(default_factory=dict)
     seen: deque[str] = field(default_factory=lambda: deque(maxlen=SEEN_IDS))
     occupancy_ns: int | None = None
     last_occupancy: tuple[int, ...] | None = None
@@ -181,8 +114,8 @@ class LockerBank:
 
     def __post_init__(self) -> None:
         for key, number in self.config.compartments.items():
-            self.comps.setdefault(key, _Compartment(number))
-            self.boards.setdefault(key[0], _Board())
+            self.comps.setdefault(key, Compartment(number))
+            self.boards.setdefault(key[0], Board())
 
     # --- entry points ------------------------------------------------------------------------------
 
@@ -269,6 +202,33 @@ class LockerBank:
         """Timers: open unconfirmed, door left open, the periodic occupancy point. Call every second."""
         return self._run_timers(now_ns, periodic=True)
 
+    def give_up_waiting(self, board: int, lock: int, transaction_id: str, now_ns: int) -> list[RecordDraft]:
+        """The sender of open `transaction_id` waited its confirmation time in vain: the open is
+        unconfirmed from now (D10), whether or not the timer has come round yet."""
+        drafts = self._run_timers(now_ns)
+        c = self.comps.get((board, lock))
+        if c is not None and c.pending == "pending" and c.pending_txn == transaction_id:
+            self._unconfirmed(c, now_ns)
+        drafts += self._out
+        self._out = []
+        return drafts
+
+    def unlock_failed(self, board: int, lock: int, transaction_id: str, now_ns: int) -> list[RecordDraft]:
+        """The controller answered open `transaction_id` showing the door still shut (a Kerong board's
+        status reply to its unlock): the open failed, the lock is presumed jammed."""
+        drafts = self._run_timers(now_ns)
+        c = self.comps.get((board, lock))
+        if c is not None and c.pending is not None and c.pending_txn == transaction_id and not c.door_open:
+            self._fail(c, now_ns, detail="door shut after the unlock")
+        drafts += self._out
+        self._out = []
+        return drafts
+
+    def pending_of(self, board: int, lock: int) -> tuple[str | None, str]:
+        """(pending | unconfirmed | None, its transaction id) of a compartment."""
+        c = self.comps.get((board, lock))
+        return (c.pending, c.pending_txn) if c is not None else (None, "")
+
     # --- views -------------------------------------------------------------------------------------
 
     def view(self, board: int, lock: int) -> CompartmentView | None:
@@ -304,17 +264,7 @@ class LockerBank:
 
     def to_bytes(self, boot_id: str = "") -> bytes:
         """The state to commit with the records (D1); times in it are on `boot_id`'s monotonic clock."""
-        return orjson.dumps(
-            {
-                "v": STATE_VERSION,
-                "boot_id": boot_id,
-                "comps": {f"{b}:{lock}": dataclasses.asdict(c) for (b, lock), c in self.comps.items()},
-                "boards": {str(b): dataclasses.asdict(s) for b, s in self.boards.items()},
-                "seen": list(self.seen),
-                "occupancy_ns": self.occupancy_ns,
-                "last_occupancy": self.last_occupancy,
-            }
-        )
+        return lockers_state.dump(self, boot_id)
 
     @classmethod
     def from_bytes(
@@ -327,41 +277,10 @@ class LockerBank:
         boot_id: str = "",
         now_ns: int = 0,
     ) -> LockerBank:
-        """Restore committed state; compartments and boards no longer in config are dropped, new ones
-        start unknown. State from another boot has its monotonic times rebased (`_rebase`)."""
+        """Restore committed state (`lockers_state.load_into`): another boot's times are rebased."""
         bank = cls(config, base_tags, device_id)
-        doc = orjson.loads(data)
-        if doc.get("v") != STATE_VERSION:
-            return bank
-        for key, saved in doc["comps"].items():
-            board, lock = (int(x) for x in key.split(":"))
-            if (board, lock) in bank.comps:
-                saved = dict(saved, number=bank.comps[(board, lock)].number, load=Load(saved["load"]))
-                bank.comps[(board, lock)] = _Compartment(**saved)
-        for key, saved in doc["boards"].items():
-            if int(key) in bank.boards:
-                bank.boards[int(key)] = _Board(**saved)
-        bank.seen.extend(doc["seen"])
-        bank.occupancy_ns = doc["occupancy_ns"]
-        bank.last_occupancy = tuple(doc["last_occupancy"]) if doc["last_occupancy"] is not None else None
-        if doc.get("boot_id") != boot_id:
-            bank._rebase(now_ns)
+        lockers_state.load_into(bank, data, boot_id=boot_id, now_ns=now_ns)
         return bank
-
-    def _rebase(self, now: int) -> None:
-        """After a reboot the saved monotonic times mean nothing: timers restart from `now` (an open
-        door's left-open timer too), a command window is over, a pending open becomes unconfirmed (its
-        outcome is unknown: D10 keeps refusing a second open until a status shows the door), and a
-        parcel's dwell is lost."""
-        for c in self.comps.values():
-            c.opened_ns = now if c.door_open else None
-            c.cmd_ns, c.loaded_ns = None, None
-            c.jammed_ns = now if c.jammed_ns is not None else None
-            if c.pending is not None:
-                c.pending, c.pending_ns = "unconfirmed", now
-        for b in self.boards.values():
-            b.offline_ns = now if b.offline_ns is not None else None
-        self.occupancy_ns = None
 
     # --- transitions -------------------------------------------------------------------------------
 
@@ -432,7 +351,7 @@ class LockerBank:
             self._parcel(c, "pickup", "bank", ev.parcel_id, now, dwell_ns=dwell)
 
     def _door(
-        self, c: _Compartment, door_open: bool | None, now: int, *, source: str, infer_forced: bool = True
+        self, c: Compartment, door_open: bool | None, now: int, *, source: str, infer_forced: bool = True
     ) -> None:
         """A door observation. `infer_forced`: an opening with no command behind it is a forced open —
         true for lock boards, whose only commander is this gateway; an MQTT bank fires its own relays
@@ -472,7 +391,7 @@ class LockerBank:
             self._resolve(c, "not_opened", now, detail=source)
             self._jam(c, now, detail="door still closed after an unconfirmed open")
 
-    def _item(self, c: _Compartment, item: bool | None, now: int) -> None:
+    def _item(self, c: Compartment, item: bool | None, now: int) -> None:
         if item is None:
             return  # no sensor: never guessed (D10)
         prev, c.item_present = c.item_present, item
@@ -495,7 +414,7 @@ class LockerBank:
             self._controller(board, is_online=True, missed_polls=0, outage_s=(now - b.offline_ns) // NS)
             b.offline_ns = None
 
-    def _resolve(self, c: _Compartment, outcome: str, now: int, *, detail: str) -> None:
+    def _resolve(self, c: Compartment, outcome: str, now: int, *, detail: str) -> None:
         self._command(
             c,
             "open",
@@ -506,12 +425,26 @@ class LockerBank:
         )
         c.pending, c.pending_txn = None, ""
 
-    def _fail(self, c: _Compartment, now: int, *, detail: str, jammed: bool = True) -> None:
+    def _occupancy(self, now: int, *, periodic: bool) -> None:
+        """An occupancy point when the counts changed, or when the periodic one is due."""
+        counts = self.occupancy()
+        key = tuple(counts.values())
+        due = self.occupancy_ns is None or now - self.occupancy_ns >= self.config.occupancy_every_s * NS
+        if key != self.last_occupancy or (periodic and due):
+            self.last_occupancy, self.occupancy_ns = key, now
+            self._occupancy_point(counts)
+
+    def _unconfirmed(self, c: Compartment, now: int) -> None:
+        c.pending = "unconfirmed"
+        latency_ms = (now - c.pending_ns) // 1_000_000
+        self._command(c, "open", "unconfirmed", latency_ms=latency_ms, transaction_id=c.pending_txn, detail="")
+
+    def _fail(self, c: Compartment, now: int, *, detail: str, jammed: bool = True) -> None:
         self._resolve(c, "failed", now, detail=detail)
         if jammed:
             self._jam(c, now, detail=detail)
 
-    def _jam(self, c: _Compartment, now: int, *, detail: str) -> None:
+    def _jam(self, c: Compartment, now: int, *, detail: str) -> None:
         if c.jammed_ns is None:
             c.jammed_ns = now
             self._alarm(c, "lock_jammed", True, 0, detail=detail)
@@ -521,8 +454,7 @@ class LockerBank:
         cfg = self.config
         for c in self.comps.values():
             if c.pending == "pending" and now - c.pending_ns >= cfg.confirm_timeout_s * NS:
-                c.pending = "unconfirmed"
-                self._command(c, "open", "unconfirmed", latency_ms=(now - c.pending_ns) // 1_000_000, detail="")
+                self._unconfirmed(c, now)
             is_open_too_long = c.opened_ns is not None and now - c.opened_ns >= cfg.door_open_alarm_s * NS
             if c.door_open and is_open_too_long and not c.left_open_raised:
                 c.left_open_raised = True
@@ -531,80 +463,3 @@ class LockerBank:
             self._occupancy(now, periodic=True)
         drafts, self._out = self._out, []
         return drafts
-
-    # --- records -----------------------------------------------------------------------------------
-
-    def _tags(self, c: _Compartment | None = None, **extra: str) -> dict[str, str]:
-        tags = dict(self.base_tags)
-        tags["bank"] = self.config.bank
-        if c is not None:
-            tags["compartment"] = str(c.number)
-        tags.update(extra)
-        return tags
-
-    def _emit(
-        self, measurement: str, c: _Compartment | None, klass: RecordClass, tags: dict | None = None, **fields
-    ) -> None:
-        clean: dict[str, FieldValue] = {k: v for k, v in fields.items() if v is not None}
-        draft = RecordDraft(measurement, tags or self._tags(c), clean, identity=None, mono_ns=self._now, klass=klass)
-        self._out.append(draft)
-
-    def _alarm(self, c: _Compartment, alarm: str, is_active: bool, duration_ns: int, *, detail: str) -> None:
-        self._emit(
-            "locker_alarm",
-            c,
-            RecordClass.ALARM,
-            self._tags(c, alarm=alarm),
-            is_active=is_active,
-            duration_s=max(0, duration_ns) // NS,
-            detail=detail,
-        )
-
-    def _controller(self, board: int, *, is_online: bool, missed_polls: int, outage_s: int) -> None:
-        self._emit(
-            "locker_controller",
-            None,
-            RecordClass.ALARM,
-            self._tags(board=str(board)),
-            is_online=is_online,
-            missed_polls=missed_polls,
-            outage_s=max(0, outage_s),
-        )
-
-    def _command(self, c: _Compartment, action: str, outcome: str, **fields: FieldValue | None) -> None:
-        fields = {k: v for k, v in fields.items() if v not in (None, "")}
-        self._emit("locker_command", c, RecordClass.COMMAND, action=action, outcome=outcome, **fields)
-
-    def _audit(self, c: _Compartment, action: str, actor: str, *, detail: str) -> None:
-        self._emit("locker_audit", c, RecordClass.AUDIT, action=action, actor=actor, detail=detail or None)
-
-    def _parcel(
-        self,
-        c: _Compartment,
-        action: str,
-        source: str,
-        parcel_id: str | None,
-        now: int,
-        *,
-        recipient: str | None = None,
-        dwell_ns: int | None = None,
-    ) -> None:
-        ref = recipient if recipient is not None and _PSEUDONYM.fullmatch(recipient) else None
-        self._emit(
-            "locker_parcel",
-            c,
-            RecordClass.AUDIT,
-            action=action,
-            source=source,
-            parcel_id=parcel_id,
-            recipient_ref=ref,
-            dwell_s=None if dwell_ns is None else max(0, dwell_ns) // NS,
-        )
-
-    def _occupancy(self, now: int, *, periodic: bool) -> None:
-        counts = self.occupancy()
-        key = tuple(counts.values())
-        due = self.occupancy_ns is None or now - self.occupancy_ns >= self.config.occupancy_every_s * NS
-        if key != self.last_occupancy or (periodic and due):
-            self.last_occupancy, self.occupancy_ns = key, now
-            self._emit("locker_occupancy", None, RecordClass.TELEMETRY, **counts)

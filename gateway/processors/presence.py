@@ -3,7 +3,10 @@ dwell summaries, never one point per raw read.
 
 A tag is at one place at a time: (reader, antenna). It *arrives* on its first read; it *moves* when
 another antenna or reader reads it at an RSSI at least `move_margin_db` above the last RSSI seen
-where it is (readers without RSSI never move a tag: arrive / depart only); it *departs* after
+where it is (readers without RSSI never move a tag: arrive / depart only). Strength comes on one of
+two scales: dBm, or a reader's raw value of unknown unit (Chafon UHFReader288, device-protocols
+§2.2: taken as "higher is stronger", with its own margin `move_margin_raw`); values of different
+scales are never compared, so a tag does not move between such readers. It *departs* after
 `depart_after_s` unseen. While present, a summary every `summary_interval_s` carries read count,
 peak RSSI and dwell so far. Pure: time comes in as `now_ns`; the state serialises to bytes and is
 committed with the records it produced (D1).
@@ -23,6 +26,7 @@ class PresenceSettings:
     depart_after_s: float = 10.0
     summary_interval_s: float = 60.0
     move_margin_db: float = 6.0
+    move_margin_raw: float = 10.0  # in the raw reader's own units
 
 
 @dataclass(slots=True)
@@ -35,6 +39,7 @@ class Sighting:
     peak_rssi: float | None
     last_rssi: float | None
     summary_ns: int  # when the last summary (or the arrival) was emitted
+    scale: str = "dbm"  # of peak_rssi / last_rssi: "dbm" or "raw"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +55,7 @@ class PresenceChange:
     reads: int
     peak_rssi: float | None
     dwell_s: float
+    scale: str = "dbm"  # of peak_rssi
 
 
 class PresenceTracker:
@@ -61,26 +67,27 @@ class PresenceTracker:
 
     def _change(self, kind: str, tag: str, s: Sighting, at_ns: int) -> PresenceChange:
         return PresenceChange(
-            kind, tag, s.reader, s.antenna, at_ns, s.first_ns, s.reads, s.peak_rssi, (at_ns - s.first_ns) / NS
+            kind, tag, s.reader, s.antenna, at_ns, s.first_ns, s.reads, s.peak_rssi, (at_ns - s.first_ns) / NS, s.scale
         )
 
     def on_read(
-        self, tag: str, reader: str, antenna: int, rssi: float | None, count: int, now_ns: int
+        self, tag: str, reader: str, antenna: int, rssi: float | None, count: int, now_ns: int, scale: str = "dbm"
     ) -> list[PresenceChange]:
         s = self.tags.get(tag)
         if s is None:
-            s = Sighting(reader, antenna, now_ns, now_ns, count, rssi, rssi, now_ns)
+            s = Sighting(reader, antenna, now_ns, now_ns, count, rssi, rssi, now_ns, scale)
             self.tags[tag] = s
             return [self._change("arrive", tag, s, now_ns)]
         out: list[PresenceChange] = []
         if (s.reader, s.antenna) != (reader, antenna):
+            margin = self.settings.move_margin_db if scale == "dbm" else self.settings.move_margin_raw
             stronger = (
-                rssi is not None and s.last_rssi is not None and rssi >= s.last_rssi + self.settings.move_margin_db
+                rssi is not None and s.last_rssi is not None and scale == s.scale and rssi >= s.last_rssi + margin
             )
             if not stronger:
-                return out  # a weaker read elsewhere: the tag stays where it is
+                return out  # a weaker read elsewhere (or one on another scale): the tag stays
             out.append(self._change("depart", tag, s, now_ns))
-            s = Sighting(reader, antenna, now_ns, now_ns, count, rssi, rssi, now_ns)
+            s = Sighting(reader, antenna, now_ns, now_ns, count, rssi, rssi, now_ns, scale)
             self.tags[tag] = s
             out.append(self._change("arrive", tag, s, now_ns))
             return out
@@ -110,7 +117,17 @@ class PresenceTracker:
     def snapshot(self) -> bytes:
         return orjson.dumps(
             {
-                tag: [s.reader, s.antenna, s.first_ns, s.last_ns, s.reads, s.peak_rssi, s.last_rssi, s.summary_ns]
+                tag: [
+                    s.reader,
+                    s.antenna,
+                    s.first_ns,
+                    s.last_ns,
+                    s.reads,
+                    s.peak_rssi,
+                    s.last_rssi,
+                    s.summary_ns,
+                    s.scale,
+                ]
                 for tag, s in self.tags.items()
             }
         )

@@ -60,7 +60,11 @@ class RfidStage:
             self.reader_tags[reader] = {**base_tags, "reader": reader}
         if key not in self.meta:
             self.meta[key] = TagMeta(read.tag_kind, read.gtin14, read.serial, period)
-        changes = self.tracker.on_read(key, reader, read.antenna, read.rssi_dbm, read.read_count, mono_ns)
+        if read.rssi_dbm is not None:
+            rssi, scale = read.rssi_dbm, "dbm"
+        else:  # a raw strength of unknown unit (UHFReader288) still orders reads of such readers
+            rssi, scale = (float(read.rssi_raw) if read.rssi_raw is not None else None), "raw"
+        changes = self.tracker.on_read(key, reader, read.antenna, rssi, read.read_count, mono_ns, scale)
         if changes:
             self.dirty = True  # committed with the records it produced
         else:
@@ -92,7 +96,7 @@ class RfidStage:
         if meta and meta.serial:
             fields["serial"] = meta.serial
         if change.peak_rssi is not None:
-            fields["peak_rssi_dbm"] = float(change.peak_rssi)
+            fields["peak_rssi_dbm" if change.scale == "dbm" else "peak_rssi_raw"] = float(change.peak_rssi)
         if change.kind == "depart" and change.tag not in self.tracker.tags:
             self.meta.pop(change.tag, None)
         return RecordDraft("rfid_presence", tags, fields, identity=None)

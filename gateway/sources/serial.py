@@ -8,6 +8,10 @@ reason, back with the outage length) and counters for everything else.
 
 Serial intake cannot be paused (the device keeps talking), so its appends are marked unpausable:
 at the log's cap, room is made by compaction instead (decisions.md D5).
+
+Devices that only answer when asked (RS-485 lock boards, Modbus units, Chafon readers) are driven by
+the bus poll loop (`gateway/sources/poller.py`) over one `SerialPort` per path; devices that stream
+(RDM6300, M100 multi-poll) get their start commands here on every open and a keepalive re-send.
 """
 
 from __future__ import annotations
@@ -40,7 +44,11 @@ class SerialStats:
     rejects: int = 0
     writes: int = 0
     is_open: bool = False
+    echo_bytes: int = 0  # our own bytes taken off the input (spec.echo)
+    echo_mismatches: int = 0  # input that should have been our echo and was not
     last_byte_wall_ns: int = 0
+    last_rx_mono: float = 0.0  # time.monotonic() of the last byte read / written: the bus's
+    last_tx_mono: float = 0.0  # inter-frame gap is counted from the later of the two
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,10 @@ class SerialPortSpec:
     # After this much silence a framer with `flush()` gives up on a partial frame: a frame cut
     # short must not wait for the next frame's bytes (which could glue into a valid-looking one).
     silence_flush_s: float = 0.05
+    # The adapter echoes what we send (RS-485 without echo suppression): those exact bytes are taken
+    # off the front of what comes back before the framer sees it (an echoed 8A/80 unlock is
+    # byte-identical to a "door closed" reply, device-protocols §5.1).
+    echo: bool = False
 
 
 class _PortProtocol(asyncio.Protocol):
@@ -66,6 +78,7 @@ class _PortProtocol(asyncio.Protocol):
         self.lost: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._flush = getattr(self.framer, "flush", None)
         self._silence: asyncio.TimerHandle | None = None
+        self.echo_due = bytearray()  # bytes written that the adapter has not echoed yet
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -74,11 +87,36 @@ class _PortProtocol(asyncio.Protocol):
         st = self.port.stats
         st.bytes_in += len(data)
         st.last_byte_wall_ns = time.time_ns()
+        st.last_rx_mono = time.monotonic()
+        if self.echo_due:
+            data = self._strip_echo(data)
+            if not data:
+                return
         self._hand_over(self.framer.feed(data))
         if self._flush is not None:
             if self._silence is not None:
                 self._silence.cancel()
             self._silence = asyncio.get_running_loop().call_later(self.port.spec.silence_flush_s, self._on_silence)
+
+    def _strip_echo(self, data: bytes) -> bytes:
+        due, n = self.echo_due, 0
+        while n < len(data) and n < len(due) and data[n] == due[n]:
+            n += 1
+        self.port.stats.echo_bytes += n
+        if n < len(data) and n < len(due):  # not our echo after all: stop expecting it
+            self.port.stats.echo_mismatches += 1
+            due.clear()
+        else:
+            del due[:n]
+        return data[n:]
+
+    def flush_partial(self) -> None:
+        """Give up a partial frame now (the poll loop: the exchange it belonged to is over)."""
+        if self._flush is not None:
+            if self._silence is not None:
+                self._silence.cancel()
+                self._silence = None
+            self._hand_over(self._flush())
 
     def _on_silence(self) -> None:
         self._silence = None
@@ -110,6 +148,7 @@ class SerialPort:
         self.framer_factory = framer_factory
         self.on_frames = on_frames
         self.stats = SerialStats()
+        self.opened = asyncio.Event()  # set while the port is open (the poll loop waits on it)
         self._protocol: _PortProtocol | None = None
 
     def write(self, data: bytes) -> bool:
@@ -117,9 +156,21 @@ class SerialPort:
         proto = self._protocol
         if proto is None or proto.transport is None or proto.lost.done():
             return False
+        if self.spec.echo:
+            proto.echo_due += data
         proto.transport.write(data)
         self.stats.writes += 1
+        self.stats.last_tx_mono = time.monotonic()
         return True
+
+    def flush_partial(self) -> None:
+        """A partial frame in the framer is given up (as its reject) before the next request goes out."""
+        if self._protocol is not None:
+            self._protocol.flush_partial()
+
+    def last_activity(self) -> float:
+        """time.monotonic() of the last byte in or out (the bus's inter-frame gap counts from it)."""
+        return max(self.stats.last_rx_mono, self.stats.last_tx_mono)
 
     async def _open(self) -> _PortProtocol:
         s = self.spec.settings
@@ -162,6 +213,7 @@ class SerialPort:
             self._protocol = proto
             self.stats.opens += 1
             self.stats.is_open = True
+            self.opened.set()
             waited = time.monotonic() - down_since if down_since is not None else 0.0
             if self.stats.opens > 1:
                 self.stats.reconnects += 1
@@ -186,6 +238,7 @@ class SerialPort:
                     with contextlib.suppress(asyncio.CancelledError):
                         await keepalive
                 self.stats.is_open = False
+                self.opened.clear()
                 self._protocol = None
                 if proto.transport is not None:
                     proto.transport.close()
