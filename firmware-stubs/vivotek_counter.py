@@ -113,6 +113,8 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=0, help="reports to send (0 = until stopped)")
     ap.add_argument("--interval-s", type=int, default=60)
     ap.add_argument("--live", action="store_true", help="start at the current interval instead of 2023")
+    ap.add_argument("--backfill-h", type=float, default=0.0, help="--live: first send the last H hours at once")
+    ap.add_argument("--max-per-interval", type=int, default=30, help="most people per rule and interval")
     ap.add_argument("--duplicates", type=float, default=0.0)
     ap.add_argument("--garbage", type=float, default=0.0)
     ap.add_argument("--http", metavar="URL", help="push over HTTP to this gateway (e.g. http://127.0.0.1:8080)")
@@ -123,29 +125,39 @@ def main() -> None:
         topic_template=args.topic_template,
         rules=("Counting1", "Counting2"),
         interval_s=args.interval_s,
+        max_per_interval=args.max_per_interval,
         duplicate_ratio=args.duplicates,
         garbage_ratio=args.garbage,
     )
-    if args.live:
-        now = int(time.time())
-        street.start_s = now - now % args.interval_s
     count = args.count or 10**12
     if args.http:
         from http_out import push_all
 
         by_topic = {street.topic(c): c for c in street.cameras}
-        reports = ((by_topic[topic], doc) for topic, doc in street.messages(count))
-        try:
-            outcome = push_all(args.http, reports, lambda _camera: args.password, rate=args.rate)
-        except KeyboardInterrupt:
-            outcome = {"interrupted": 1}
-        print(orjson.dumps({"reports": street.reports, **outcome}).decode())
-        return
+
+        def send(n: int, rate: float) -> dict:
+            reports = ((by_topic[topic], doc) for topic, doc in street.messages(n))
+            return dict(push_all(args.http, reports, lambda _camera: args.password, rate=rate))
+    else:
+
+        def send(n: int, rate: float) -> dict:
+            return {"acked": publish_all(args.host, args.port, street.messages(n), rate=rate, client_id="")}
+
+    outcome: dict = {}
     try:
-        acked = publish_all(args.host, args.port, street.messages(count), rate=args.rate, client_id="")
+        if args.live:
+            now = int(time.time())
+            live_start = now - now % args.interval_s
+            if args.backfill_h:  # the last hours' reports at once, then one per interval, live
+                back = int(args.backfill_h * 3600) // args.interval_s
+                street.start_s = live_start - back * args.interval_s
+                outcome["backfill"] = send(back * len(street.cameras), 0.0)
+                count = max(count - back * len(street.cameras), 0)
+            street.start_s = live_start
+        outcome.update(send(count, args.rate))
     except KeyboardInterrupt:
-        acked = -1
-    print(orjson.dumps({"reports": street.reports, "acked": acked}).decode())
+        outcome["interrupted"] = True
+    print(orjson.dumps({"reports": street.reports, **outcome}).decode())
 
 
 if __name__ == "__main__":

@@ -167,8 +167,7 @@ class Gateway:
         g = self.config.gateway
         tags = {"district": g.district, "street": g.street, "gateway": g.id}
         assert self.monitor is not None
-        while True:
-            await asyncio.sleep(self.config.status.heartbeat_s)
+        while True:  # one at start (the district sees the gateway at once), then every heartbeat_s
             arrival = self.monitor.arrival()
             fields: dict = {
                 "uptime_s": int(time.monotonic() - self.started_mono),
@@ -186,6 +185,7 @@ class Gateway:
             else:
                 rec.mono_ns = arrival.mono_ns
             await self.log.append(AppendBatch(records=[rec], boot_id=arrival.boot_id))
+            await asyncio.sleep(self.config.status.heartbeat_s)
 
     def health(self) -> dict:
         """The gateway's own state for /v1/health (no key needed: no secrets, no identifiers)."""
