@@ -259,6 +259,7 @@ def test_spine_clock_not_synchronised_holds_records(tmp_path, mosquitto, influxd
         t0 = time.time_ns()
         assert publish_all("127.0.0.1", mosquitto.port, st.messages(20)) == 20
         t1 = time.time_ns()
+
         def held_footfall() -> int:
             conn = sqlite3.connect(tmp_path / "log.sqlite")
             try:
