@@ -538,3 +538,63 @@ def _up(base: str) -> bool:
         return httpx.get(f"{base}/v1/health", timeout=5).status_code in (200, 503)
     except httpx.HTTPError:
         return False
+
+
+def test_footfall_berlin_autumn_change_through_the_gateway(tmp_path, mosquitto, influxdb):
+    """Hourly VIVOTEK reports through `sdgw run` across Berlin's autumn change (2026-10-25, a 25-hour
+    day): the 1d buckets of a Europe/Berlin site are the local days and hold exactly what the emulator
+    counted in each; the 1h buckets of that day are 25, the repeated 02:00 hour twice."""
+    import orjson
+
+    start = int(local(BERLIN, 2026, 10, 24, 22).timestamp())
+    street = Street(cameras=["cam-be"], rules=("Counting1",), interval_s=3600, start_s=start, seed=9)
+    messages = list(street.messages(30))  # 22:00 on the 24th to 03:00 on the 26th, local
+    expected: dict[str, list[int]] = {}
+    for _topic, payload in messages:
+        info = orjson.loads(payload)["Data"][0]["CountingInfo"][0]
+        t = datetime.fromisoformat(info["StartTime"].replace("Z", "+00:00")).astimezone(BERLIN)
+        day = expected.setdefault(t.date().isoformat(), [0, 0])
+        day[0] += info["In"]
+        day[1] += info["Out"]
+    api_port = free_port()
+    sink = {"name": "edge", "url": influxdb.url, "dialect": "v1", "database": influxdb.db, "flush_interval_s": 0.1}
+    config = gateway_config(
+        tmp_path,
+        broker_port=mosquitto.port,
+        sinks=[sink],
+        cameras=[],
+        api_port=api_port,
+        extra=(
+            '[[sites]]\nid = "be-1"\nmerchant = "m-be"\ntimezone = "Europe/Berlin"\n'
+            '[[devices]]\nid = "cam-be"\nmodel = "vivotek-sc8131"\nsite = "be-1"\ntopic = "vivotek/cam-be/report"\n'
+        ),
+    )
+    _, merchant = KeyStore(tmp_path / "api-keys.json", sites=["shop-1", "be-1"]).create("merchant", ["be-1"])
+    headers = {"Authorization": f"Bearer {merchant}"}
+    with GatewayProcess(tmp_path, config) as gw:
+        wait_for(lambda: "connected" in gw.log_text().lower(), timeout_s=30, what="gateway connected")
+        assert publish_all("127.0.0.1", mosquitto.port, iter(messages)) == 30
+        count = 'SELECT count("entries") FROM footfall'
+        wait_for(
+            lambda: (rows := influxdb.rows(count, influxdb.db)) and rows[0]["count"] == 30,
+            timeout_s=30,
+            what="30 footfall points",
+        )
+        base = f"http://127.0.0.1:{api_port}"
+        wait_for(lambda: _up(base), timeout_s=30, what="the gateway's API")
+        params = {"site": "be-1", "interval": "1d", "from": "2026-10-24", "to": "2026-10-26"}
+        r = httpx.get(f"{base}/v1/footfall", params=params, headers=headers, timeout=30)
+        assert r.status_code == 200, r.text
+        got = {b["start"][:10]: [b["in"], b["out"]] for b in r.json()["buckets"]}
+        assert got == expected
+        starts = [b["start"] for b in r.json()["buckets"]]
+        assert starts == ["2026-10-24T00:00:00+02:00", "2026-10-25T00:00:00+02:00", "2026-10-26T00:00:00+01:00"]
+        hourly = httpx.get(
+            f"{base}/v1/footfall",
+            params={**params, "interval": "1h", "from": "2026-10-25", "to": "2026-10-25"},
+            headers=headers,
+            timeout=30,
+        ).json()["buckets"]
+        assert len(hourly) == 25
+        assert [b["start"] for b in hourly[2:4]] == ["2026-10-25T02:00:00+02:00", "2026-10-25T02:00:00+01:00"]
+        assert [sum(b["in"] for b in hourly), sum(b["out"] for b in hourly)] == expected["2026-10-25"]
