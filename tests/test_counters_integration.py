@@ -14,7 +14,6 @@ import threading
 import time
 from collections import Counter
 
-import httpx
 import pytest
 from axis_counter import Street as AxisStreet
 from milesight_counter import Street as MilesightStreet
@@ -22,6 +21,7 @@ from mqtt_out import publish_all
 
 from gateway.localservers import InfluxDB1
 from tests.harness import GatewayProcess, gateway_config, wait_for
+from tests.influx_support import footfall_sums
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -35,20 +35,6 @@ def device_tables(model: str, topics: dict[str, str]) -> str:
         f'[[devices]]\nid = "{dev}"\nmodel = "{model}"\nsite = "shop-1"\ntopic = "{topic}"\n'
         for dev, topic in topics.items()
     )
-
-
-def sums(server: InfluxDB1) -> Counter:
-    try:
-        rows = server.rows(
-            'SELECT sum("entries") AS i, sum("exits") AS o FROM footfall GROUP BY "device", "line"', server.db
-        )
-    except (httpx.HTTPError, RuntimeError):
-        return Counter()
-    out: Counter = Counter()
-    for r in rows:
-        out[(r["device"], r["line"], "in")] += r["i"]
-        out[(r["device"], r["line"], "out")] += r["o"]
-    return out
 
 
 def dead_letters(gw: GatewayProcess) -> int:
@@ -84,9 +70,9 @@ def run_street(tmp_path, mosquitto, influxdb, model: str, street, count: int, *,
         pub.join(90)
         assert acked == [len(messages)]
         expected = +street.countable
-        wait_for(lambda: +sums(influxdb) == expected, timeout_s=60, what="InfluxDB sums = countable truth")
+        wait_for(lambda: +footfall_sums(influxdb) == expected, timeout_s=60, what="InfluxDB sums = countable truth")
         time.sleep(1.0)  # a late redelivery counted twice would show now
-        return +sums(influxdb)
+        return +footfall_sums(influxdb)
     finally:
         gw.stop()
 

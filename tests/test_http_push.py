@@ -18,6 +18,7 @@ from gateway.config import ConfigError, parse_config
 from gateway.localservers import free_port
 from gateway.sources.http_push import HttpPushIngest
 from tests.harness import GatewayProcess, gateway_config, wait_for
+from tests.influx_support import footfall_sums
 
 PASSWORD = "cam-pass-7f3a91"
 
@@ -33,20 +34,6 @@ def config(tmp_path, mosquitto, influxdb, cameras: list[str], api_port: int) -> 
     return gateway_config(
         tmp_path, broker_port=mosquitto.port, sinks=[sink], cameras=[], api_port=api_port, extra=devices
     )
-
-
-def totals(influxdb) -> Counter:
-    try:
-        rows = influxdb.rows(
-            'SELECT sum("entries") AS i, sum("exits") AS o FROM footfall GROUP BY "device", "line"', influxdb.db
-        )
-    except (httpx.HTTPError, RuntimeError):
-        return Counter()
-    out: Counter = Counter()
-    for r in rows:
-        out[(r["device"], r["line"], "in")] += r["i"]
-        out[(r["device"], r["line"], "out")] += r["o"]
-    return out
 
 
 @pytest.mark.integration
@@ -73,7 +60,7 @@ def test_http_push_through_sigkill_lands_exactly_once(tmp_path, mosquitto, influ
         pusher.join(120)
         assert result and result[0]["accepted"] == len(reports), result
         assert result[0]["attempts"] > len(reports)  # some pushes were retried across the kill
-        wait_for(lambda: totals(influxdb) == +street.truth, timeout_s=30, what="InfluxDB totals = truth")
+        wait_for(lambda: footfall_sums(influxdb) == +street.truth, timeout_s=30, what="InfluxDB totals = truth")
         points = influxdb.rows('SELECT count("entries") FROM footfall', influxdb.db)[0]["count"]
         assert points == street.reports * 2  # one point per (report, rule): duplicates and retries overwrote
         health = httpx.get(f"{base}/v1/health").json()
@@ -121,7 +108,7 @@ def test_http_push_auth_garbage_and_limits(tmp_path, mosquitto, influxdb):
 
         ok = httpx.post(url, content=doc, auth=("cam-01", PASSWORD))
         assert ok.status_code == 204
-        wait_for(lambda: totals(influxdb), timeout_s=20, what="the report in InfluxDB")
+        wait_for(lambda: footfall_sums(influxdb), timeout_s=20, what="the report in InfluxDB")
 
         stats = orjson.loads(gw.cli("buffer", "stats", "--json").stdout)
         assert any(k.startswith("device:cam-01 ") for k in stats["dead_letters"])  # the garbage, kept

@@ -16,6 +16,7 @@ from modbus_counter import ModbusCounterDevice
 
 from gateway.localservers import InfluxDB1, free_port
 from tests.harness import GatewayProcess, gateway_config, wait_for
+from tests.influx_support import footfall_sums
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -43,20 +44,6 @@ poll_timeout_s = 0.3
 registers = {{ function = 4, width_bits = 32, word_order = "low_first", occupancy = 4, lines = [{{ line = "door", in = 0, out = 2 }}] }}
 """  # noqa: E501
     )
-
-
-def sums(server: InfluxDB1) -> Counter:
-    try:
-        rows = server.rows(
-            'SELECT sum("entries") AS i, sum("exits") AS o FROM footfall GROUP BY "device", "line"', server.db
-        )
-    except (httpx.HTTPError, RuntimeError):
-        return Counter()
-    out: Counter = Counter()
-    for r in rows:
-        out[(r["device"], r["line"], "in")] += r["i"]
-        out[(r["device"], r["line"], "out")] += r["o"]
-    return out
 
 
 def metric(text: str, name: str, device: str) -> float:
@@ -125,7 +112,7 @@ def test_modbus_counters_on_one_bus_to_influxdb_with_wrap_reboot_and_a_silent_un
             )
             got: list = []
             try:
-                wait_for(lambda: got.append(sums(influxdb)) or got[-1] == expected, timeout_s=30, what="sums")
+                wait_for(lambda: got.append(footfall_sums(influxdb)) or got[-1] == expected, timeout_s=30, what="sums")
             except AssertionError:
                 raise AssertionError(f"expected {dict(expected)}, got {dict(got[-1])}") from None
             metrics = httpx.get(f"{api}/metrics", timeout=5).text
