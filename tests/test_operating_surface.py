@@ -138,8 +138,12 @@ def test_gateway_status_heartbeat_metrics_api_and_no_secret_in_logs(tmp_path, se
 
         # the API beside ingestion
         auth = {"Authorization": f"Bearer {operator_key}"}
-        health = httpx.get(f"{api}/v1/health", timeout=5)
-        assert health.status_code == 200, health.text
+        # health follows asynchronous state (a sink's last answer, the MQTT session): poll, don't sample
+        health = wait_for(
+            lambda: (r := httpx.get(f"{api}/v1/health", timeout=5)).status_code == 200 and r,
+            timeout_s=15,
+            what="healthy",
+        )
         assert health.json()["details"]["sources"]["mqtt"]["connected"] is True
         gws = httpx.get(f"{api}/v1/gateways", headers=auth, timeout=5)
         assert gws.status_code == 200, gws.text
