@@ -68,6 +68,7 @@ key_file = "{d / "pseudonym-keys.json"}"
 
 [lockers]
 door_left_open_s = 60
+open_confirm_timeout_s = 5   # generous: the demo shares a small machine with all its emulators
 
 [[sites]]
 id = "shop-1"
@@ -384,7 +385,7 @@ The operator:
   curl -s {api}/v1/health
   curl -s {op} {api}/metrics | grep sdgw_serial_poll
 The technician:
-  .venv/bin/sdgw doctor -c {cfg_path}
+  .venv/bin/sdgw doctor -c {cfg_path}   # its serial checks fail while the gateway holds the ports
   .venv/bin/sdgw buffer stats -c {cfg_path}
 
 Ctrl-C stops everything the demo started.
