@@ -385,7 +385,7 @@ The operator:
   curl -s {api}/v1/health
   curl -s {op} {api}/metrics | grep sdgw_serial_poll
 The technician:
-  .venv/bin/sdgw doctor -c {cfg_path}   # its serial checks fail while the gateway holds the ports
+  .venv/bin/sdgw doctor -c {cfg_path}   # ports the running gateway holds are skipped, not probed
   .venv/bin/sdgw buffer stats -c {cfg_path}
 
 Ctrl-C stops everything the demo started.

@@ -281,3 +281,51 @@ def test_mosquitto_acl_rules_as_mosquitto_reads_them():
     assert covers("a/+/#", "a/b/c/d") and covers("a/#", "a") and not covers("a/+", "a/#")
     assert readable("user u\ntopic read a/#\ntopic deny a/secret\n", "u", "a/b")
     assert not readable("user u\ntopic read a/#\ntopic deny a/secret\n", "u", "a/+")
+
+
+def test_doctor_names_who_holds_a_busy_port(tmp_path, influxdb):
+    """A port held by the running gateway is not a failure (skipped, pointing at its status page); a
+    port held by anything else fails and names the holder (on a Pi: ModemManager)."""
+    import signal
+
+    from tests.harness import GatewayProcess, wait_for
+
+    password = tmp_path / "pw"
+    password.write_text("x")
+    link = tmp_path / "by-id" / "usb-M100-if00-port0"
+    link.parent.mkdir()
+    with M100Reader(link, EPCS, rate_hz=10, arrive_p=1.0, depart_p=0.0):
+        config = write_config(
+            tmp_path,
+            broker_port=free_port(),
+            password_file=password,
+            influx_url=influxdb.url,
+            database=influxdb.db,
+            serial_port=link,
+            extra="[api]\nenabled = false\n",
+        )
+        with GatewayProcess(tmp_path / "gw", config.read_text()) as gw:
+            wait_for(lambda: "open (after" in gw.log_text(), timeout_s=30, what="the gateway holding the port")
+            check = by_name(run_doctor(config, serial_wait_s=1, acl_file=None))["serial shelf-1: port"]
+            assert check.status is Status.SKIP, check
+            assert f"running gateway (pid {gw.proc.pid})" in check.detail and "status page" in check.detail
+
+        holder = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_NOCTTY); "
+                "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)",
+                str(link),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+            check = by_name(run_doctor(config, serial_wait_s=1, acl_file=None))["serial shelf-1: port"]
+        finally:
+            holder.send_signal(signal.SIGTERM)
+            holder.wait(10)
+        assert check.status is Status.FAIL
+        assert f"held by pid {holder.pid}" in check.detail and "ModemManager" in check.fix

@@ -23,7 +23,7 @@ import serialx
 from devices.events import Reject
 from devices.registry import lookup
 from gateway.config import DeviceConfig
-from gateway.doctor.report import Check, failed, passed
+from gateway.doctor.report import Check, failed, passed, skipped
 
 _PARITY = {"N": serialx.Parity.NONE, "E": serialx.Parity.EVEN, "O": serialx.Parity.ODD}
 
@@ -47,6 +47,34 @@ def _who() -> str:
     import pwd
 
     return pwd.getpwuid(os.geteuid()).pw_name
+
+
+def port_holders(path: str) -> list[tuple[int, str]]:
+    """(pid, command line) of the processes that have `path` open (from /proc; others' only as root)."""
+    try:
+        target = os.path.realpath(path)
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return []
+    holders = []
+    for pid in pids:
+        if pid == os.getpid():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            if not any(os.path.realpath(f"/proc/{pid}/fd/{fd}") == target for fd in fds):
+                continue
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        holders.append((pid, cmdline))
+    return holders
+
+
+def _is_gateway(cmdline: str) -> bool:
+    words = cmdline.split()
+    return "run" in words and any(w.endswith(("sdgw", "gateway.cli")) for w in words)
 
 
 async def probe_serial(device: DeviceConfig, wait_s: float) -> list[Check]:
@@ -93,11 +121,23 @@ async def probe_serial(device: DeviceConfig, wait_s: float) -> list[Check]:
             byte_size=settings.bytesize,
         )
     except (OSError, serialx.SerialException) as exc:
+        holders = port_holders(path)
+        gateways = [pid for pid, cmdline in holders if _is_gateway(cmdline)]
+        if gateways:  # the port works; the running gateway has it (its /status page shows its state)
+            return [
+                skipped(
+                    f"{name}: port",
+                    f"{path} is in use by the running gateway (pid {gateways[0]}): bytes and frames not "
+                    "checked here — see its status page, or stop it (systemctl stop sdgw) and run again",
+                )
+            ]
+        others = "; ".join(f"pid {pid}: {cmdline[:80]}" for pid, cmdline in holders)
         return [
             failed(
                 f"{name}: port",
-                f"cannot open {path}: {exc}",
-                "another program may hold the port: stop the gateway first (systemctl stop sdgw) and run again",
+                f"cannot open {path}: {exc}" + (f" (held by {others})" if others else ""),
+                "another program holds the port — stop it (on a Pi, ModemManager grabs serial adapters: "
+                "systemctl disable --now ModemManager), or stop the gateway (systemctl stop sdgw), and run again",
             )
         ]
     checks = [passed(f"{name}: port", f"{path} opened at {line}")]
