@@ -103,9 +103,17 @@ class SinkRunner:
     async def run(self) -> None:
         conn = self.log.reader()
         prefetched = None
+        # The cursor's advance for the batch just sent is committed while the next batch is already
+        # on the wire: an advance waits for the log's group-commit window (D2), which would otherwise
+        # stall every cycle of a backlog drain. Advances still commit strictly in order, each only
+        # after its batch's 2xx.
+        advancing: asyncio.Task | None = None
         try:
             while True:
                 if prefetched is None:
+                    if advancing is not None:  # the cursor must be where the next read starts
+                        await advancing
+                        advancing = None
                     await self._wait_for_batch()
                     committed_before_read = self.log.stats.last_id
                     rows, lines, rejected = await asyncio.to_thread(self._prepare, conn, None)
@@ -137,13 +145,20 @@ class SinkRunner:
                         DeadLetter(f"sink:{self.name}", "influx_rejected", message, lines[index])
                         for index, message in report.rejected
                     ]
-                await self.log.advance(self.name, rows[-1].id, rejected)
+                if advancing is not None:
+                    await advancing
+                advancing = asyncio.create_task(self.log.advance(self.name, rows[-1].id, rejected))
                 st = self.stats
                 st.batches += 1
                 st.records_sent += report.accepted if report else 0
                 st.records_rejected += len(rejected)
                 st.last_success_wall_ns = time.time_ns()
         finally:
+            if advancing is not None:
+                if not advancing.done():
+                    advancing.cancel()  # not committed: its batch is sent again, and overwrites itself
+                elif not advancing.cancelled():
+                    advancing.exception()  # retrieved: a failure here is the log's, reported by it
             conn.close()
             await self.writer.aclose()
 
