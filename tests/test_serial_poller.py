@@ -162,6 +162,11 @@ def test_poller_modbus_silent_unit_times_out_without_stalling_the_other(tmp_path
                 assert {d for d, _ in bus.timeouts} == {"c2"}
                 assert all(req == modbus_counter.read_request(_map(2, devices)) for _, req in bus.timeouts)
                 assert bus.poller.stats["c2"].answering is False
+                # backoff: a unit that keeps not answering is asked less and less often
+                requests_before, t0 = bus.poller.stats["c2"].requests, time.monotonic()
+                await asyncio.sleep(2.0)
+                asked = bus.poller.stats["c2"].requests - requests_before
+                assert asked <= 3, f"{asked} polls of a silent unit in {time.monotonic() - t0:.1f} s"
                 unit2.silent = False
                 answered = bus.poller.stats["c2"].answers
                 await until(lambda: bus.poller.stats["c2"].answers > answered + 2, what="unit 2 back")
@@ -177,6 +182,19 @@ def test_poller_modbus_silent_unit_times_out_without_stalling_the_other(tmp_path
     assert sum("c2 silent" in m for m in messages) == 1
     assert sum("c2 answering again" in m for m in messages) == 1
     assert not any("c1 silent" in m for m in messages)
+
+
+def test_silent_poll_backoff_doubles_after_the_silence_threshold_and_is_capped():
+    from gateway.sources.poller import SILENT_AFTER_TIMEOUTS, SILENT_POLL_MAX_S, PolledDevice, _Slot
+
+    def slot(interval_s: float, misses: int) -> float:
+        device = PolledDevice("d", (b"q",), lambda req, frame: None, interval_s, 0.5)
+        return _Slot(device, b"q", 0.0, misses).interval_s()
+
+    assert [slot(1.0, m) for m in range(SILENT_AFTER_TIMEOUTS)] == [1.0] * SILENT_AFTER_TIMEOUTS
+    assert slot(1.0, SILENT_AFTER_TIMEOUTS) == 2.0 and slot(1.0, SILENT_AFTER_TIMEOUTS + 1) == 4.0
+    assert slot(1.0, 50) == SILENT_POLL_MAX_S
+    assert slot(60.0, 50) == 60.0  # a slow poll is never made faster
 
 
 def _map(slave: int, devices: dict[str, DeviceOptions]) -> modbus_counter.RegisterMap:

@@ -37,6 +37,10 @@ from devices.events import Answer, Reject, RejectReason
 log = logging.getLogger("sdgw.serial")
 
 SILENT_AFTER_TIMEOUTS = 3  # consecutive unanswered requests before a device is logged as silent
+# A routine poll that keeps going unanswered is asked less often (its interval doubling, up to this),
+# so that a dead board's timeouts do not eat the bus time of the live ones; the first answer restores
+# its interval. Missed-poll counting (lockers: offline after N) happens before the backoff starts.
+SILENT_POLL_MAX_S = 10.0
 CLOSED_RETRY_S = 0.05
 
 
@@ -95,6 +99,14 @@ class _Slot:
     device: PolledDevice
     payload: bytes
     next_due: float
+    misses: int = 0  # this routine request's unanswered polls in a row
+
+    def interval_s(self) -> float:
+        base = self.device.interval_s
+        over = self.misses - SILENT_AFTER_TIMEOUTS + 1
+        if over <= 0 or base >= SILENT_POLL_MAX_S:
+            return base
+        return min(base * 2.0**over, max(base, SILENT_POLL_MAX_S))
 
 
 class BusPoller:
@@ -262,7 +274,9 @@ class BusPoller:
         finally:
             self._in_flight = None
             if job.slot is not None:
-                job.slot.next_due = sent_at + job.device.interval_s
+                answered = job.answer.done() and not job.answer.cancelled()
+                job.slot.misses = 0 if answered else job.slot.misses + 1
+                job.slot.next_due = sent_at + job.slot.interval_s()
         if job.answer.done():
             frame = job.answer.result()
             st.answers += 1
