@@ -72,6 +72,7 @@ def test_rfid_bad_parameters_and_merchants_refused(rfid_api):
     ):
         r = httpx.get(f"{server.url}/v1/rfid/sightings", params=params, headers=op)
         assert r.status_code == 422, (params, r.text)
+        assert r.json()["type"] == "urn:sdgw:problem:invalid-request" and r.json()["errors"], r.text
         assert r.headers["content-type"].startswith("application/problem+json")
     r = httpx.get(f"{server.url}/v1/rfid/readers/door/present", headers=merchant)
     assert r.status_code == 403

@@ -11,6 +11,8 @@ the status phrase), else a URN of ours, one per problem class a client may act o
     urn:sdgw:problem:query-database-unavailable 503  unreachable, database missing, or none configured
     urn:sdgw:problem:query-database-timeout 504
     urn:sdgw:problem:unhealthy              503  /v1/health: `reasons`
+    urn:sdgw:problem:rate-limited           429  `retry_after_s` (and the Retry-After header)
+    (routes add their own where a client acts differently: lockers, ingest — see their modules)
 
 Problems never carry a key, a credential or an internal URL.
 """

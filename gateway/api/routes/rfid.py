@@ -66,8 +66,10 @@ class Present(BaseModel):
     items: list[PresentItem]
 
 
-def _bad_request(detail: str) -> Problem:
-    return Problem(422, detail, type_="invalid-parameters", title="Invalid parameters")
+def _bad_request(detail: str, *names: str) -> Problem:
+    """The API's one 422 shape (problems.py): type invalid-request, `errors` naming each parameter."""
+    errors = [{"in": "query", "name": name, "detail": detail} for name in names]
+    return Problem(422, detail, type_="invalid-request", title="Invalid request", errors=errors)
 
 
 def _sighting(row: dict) -> Sighting:
@@ -103,15 +105,15 @@ async def sightings(
     to: Annotated[datetime | None, Query(description="RFC 3339; default: now")] = None,
 ) -> Sightings:
     if (gtin is None) == (epc is None):
-        raise _bad_request("give exactly one of `gtin` (a product) or `epc` (an item)")
+        raise _bad_request("give exactly one of `gtin` (a product) or `epc` (an item)", "gtin", "epc")
     end = to or datetime.now(UTC)
     start = from_ or end - timedelta(days=1)
     if end.tzinfo is None or start.tzinfo is None:
-        raise _bad_request("`from` and `to` need a time zone (e.g. 2026-11-25T08:00:00Z)")
+        raise _bad_request("`from` and `to` need a time zone (e.g. 2026-11-25T08:00:00Z)", "from", "to")
     if start >= end:
-        raise _bad_request("`from` must be before `to`")
+        raise _bad_request("`from` must be before `to`", "from")
     if end - start > MAX_RANGE:
-        raise _bad_request(f"the range may span at most {MAX_RANGE.days} days")
+        raise _bad_request(f"the range may span at most {MAX_RANGE.days} days", "to")
     if ctx.influx is None:
         raise unavailable("no sink is configured to answer queries")
     where = [
