@@ -142,7 +142,8 @@ MODELS: dict[str, DeviceModel] = {
             PayloadKind.BINARY,
             "RS-485 8A/80 parcel-locker lock board, XOR BCC: query-all door feedback, unlock; no item "
             "sensor (device-protocols §5.1)",
-            "locker_door, locker_alarm, locker_command, locker_controller, locker_occupancy",
+            "locker_compartment, locker_door, locker_alarm, locker_command, locker_controller, locker_occupancy, "
+            "locker_audit",
             lock8a.decode,
             False,
             framer=lock8a.Framer,
@@ -164,7 +165,8 @@ MODELS: dict[str, DeviceModel] = {
             PayloadKind.BINARY,
             "RS-485 Kerong KR-CU16-style lock controller, sum checksum: hooks + item sensors, unlock "
             "(device-protocols §5.2, integrator-derived)",
-            "locker_door, locker_parcel, locker_alarm, locker_command, locker_controller, locker_occupancy",
+            "locker_compartment, locker_door, locker_parcel, locker_alarm, locker_command, locker_controller, "
+            "locker_occupancy, locker_audit",
             kerong.decode,
             False,
             framer=kerong.Framer,
@@ -186,7 +188,8 @@ MODELS: dict[str, DeviceModel] = {
             PayloadKind.JSON,
             "Open-Locker MQTT JSON contract: door snapshots and events, open outcomes, heartbeat, Last "
             "Will; parcel deposit/pickup extension (device-protocols §5.3)",
-            "locker_door, locker_parcel, locker_alarm, locker_command, locker_controller, locker_occupancy",
+            "locker_compartment, locker_door, locker_parcel, locker_alarm, locker_command, locker_controller, "
+            "locker_occupancy, locker_audit",
             locker_mqtt.decode,
             False,
             personal_raw=True,  # pickup codes, phone numbers, names in our parcel events
