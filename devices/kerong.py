@@ -41,6 +41,7 @@ and `INTER_FRAME_GAP_S` are ours, generous for 19200 baud.
 from __future__ import annotations
 
 from devices.events import Answer, DoorFeedback, Event, LockStatus, Reject, RejectReason
+from devices.resync import BAD, FRAME, NEED, ResyncFramer, Verdict
 
 STX, ETX = 0x02, 0x03
 BROADCAST = 0xF0
@@ -63,9 +64,6 @@ FRAME_LEN = {0x30: 5, 0x31: 5, 0x32: 5, 0x33: 5, 0x37: 7, 0x35: 9}
 REQUESTS = frozenset({0x30, 0x31, 0x32, 0x33, 0x37})
 # polarity → the hook-bit value that means "door open"
 OPEN_WHEN_BIT = {DoorFeedback.DOOR_CLOSING: False, DoorFeedback.DOOR_OPENING: True}
-
-MAX_JUNK = 256
-_JUNK_RANK = {RejectReason.SYNC: 0, RejectReason.LENGTH: 1, RejectReason.CHECKSUM: 2}
 
 
 def checksum(data: bytes | bytearray) -> int:
@@ -136,78 +134,28 @@ def decode(
     return [LockStatus(board, n + 1, bool(hooks >> n & 1) == open_when, bool(items >> n & 1)) for n in range(16)]
 
 
-_FRAME, _NEED, _BAD = 0, 1, 2
-
-
 def _candidate(buf: bytearray) -> tuple[int, int | RejectReason]:
-    """buf starts with STX: (_FRAME, length) | (_NEED, 0) | (_BAD, reason)."""
+    """buf starts with STX: (FRAME, length) | (NEED, 0) | (BAD, reason)."""
     if len(buf) < 3:
-        return _NEED, 0
+        return NEED, 0
     length = FRAME_LEN.get(buf[2])
     if length is None:
-        return _BAD, RejectReason.SYNC
+        return BAD, RejectReason.SYNC
     if len(buf) < length:
-        return _NEED, 0
+        return NEED, 0
     if buf[length - 2] == ETX and checksum(buf[: length - 1]) == buf[length - 1]:
-        return _FRAME, length
+        return FRAME, length
     cut_short = STX in buf[1:length]
-    return _BAD, RejectReason.LENGTH if cut_short else RejectReason.CHECKSUM
+    return BAD, RejectReason.LENGTH if cut_short else RejectReason.CHECKSUM
 
 
-class Framer:
+class Framer(ResyncFramer):
     """Incremental framing (style.md 7): frames of the documented commands, by their fixed lengths.
     A garbage run becomes one Reject, sent out before the next good frame (or at `flush`, or at
     MAX_JUNK bytes)."""
 
-    def __init__(self) -> None:
-        self._buf = bytearray()
-        self._junk = bytearray()
-        self._junk_reason = RejectReason.SYNC
+    def _start(self, buf: bytearray) -> int:
+        return buf.find(STX)
 
-    def feed(self, chunk: bytes) -> list[bytes | Reject]:
-        self._buf += chunk
-        return self._scan(final=False)
-
-    def flush(self) -> list[bytes | Reject]:
-        """The line has been quiet for the inter-frame gap: what is buffered will not grow."""
-        return self._scan(final=True)
-
-    def _add_junk(self, data: bytes | bytearray, reason: RejectReason) -> None:
-        if not self._junk or _JUNK_RANK[reason] > _JUNK_RANK[self._junk_reason]:
-            self._junk_reason = reason
-        self._junk += data
-
-    def _take_junk(self) -> Reject:
-        reject = Reject(self._junk_reason, f"{len(self._junk)} bytes skipped", bytes(self._junk))
-        self._junk.clear()
-        self._junk_reason = RejectReason.SYNC
-        return reject
-
-    def _scan(self, *, final: bool) -> list[bytes | Reject]:
-        out: list[bytes | Reject] = []
-        buf = self._buf
-        while buf:
-            start = buf.find(STX)
-            if start < 0:
-                self._add_junk(buf, RejectReason.SYNC)
-                buf.clear()
-                break
-            if start:
-                self._add_junk(buf[:start], RejectReason.SYNC)
-                del buf[:start]
-            verdict, value = _candidate(buf)
-            if verdict == _FRAME:
-                if self._junk:
-                    out.append(self._take_junk())
-                out.append(bytes(buf[:value]))
-                del buf[:value]
-            elif verdict == _NEED and not final:
-                break
-            else:
-                self._add_junk(buf[:1], value if verdict == _BAD else RejectReason.LENGTH)
-                del buf[:1]
-            if len(self._junk) >= MAX_JUNK:
-                out.append(self._take_junk())
-        if self._junk and (final or len(self._junk) >= MAX_JUNK):
-            out.append(self._take_junk())
-        return out
+    def _candidate(self, buf: bytearray) -> Verdict:
+        return _candidate(buf)

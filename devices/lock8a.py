@@ -51,6 +51,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from devices.events import Answer, DoorFeedback, Event, LockStatus, Reject, RejectReason, UnlockAnswered
+from devices.resync import BAD, FRAME, NEED, ResyncFramer, Verdict
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +79,6 @@ CHANNELS = range(1, 256)
 UNLOCK_STATUS = {0x00: False, 0x11: True}
 # polarity → the feedback-bit value that means "door open"
 OPEN_WHEN_BIT = {DoorFeedback.DOOR_CLOSING: False, DoorFeedback.DOOR_OPENING: True}
-
-MAX_JUNK = 256  # a garbage run longer than this is reported in pieces, keeping the buffer bounded
-_JUNK_RANK = {RejectReason.SYNC: 0, RejectReason.LENGTH: 1, RejectReason.CHECKSUM: 2}
 
 
 def bcc(data: bytes | bytearray) -> int:
@@ -160,38 +158,35 @@ def decode(
     return events
 
 
-_FRAME, _NEED, _BAD = 0, 1, 2
-
-
 def _candidate(buf: bytearray, status_bytes: int | None) -> tuple[int, int | RejectReason]:
-    """buf starts with a header byte: (_FRAME, length) | (_NEED, 0) | (_BAD, reason)."""
+    """buf starts with a header byte: (FRAME, length) | (NEED, 0) | (BAD, reason)."""
     if buf[0] == COMMANDS["unlock"].header:
         if len(buf) < UNLOCK_LEN:
-            return _NEED, 0
+            return NEED, 0
         window = buf[:UNLOCK_LEN]
         if bcc(window) == 0 and window[3] in UNLOCK_STATUS:
-            return _FRAME, UNLOCK_LEN
+            return FRAME, UNLOCK_LEN
         cut_short = any(b in HEADERS for b in window[1:])
-        return _BAD, RejectReason.LENGTH if cut_short else RejectReason.CHECKSUM
+        return BAD, RejectReason.LENGTH if cut_short else RejectReason.CHECKSUM
     if status_bytes is not None:  # the bus's reply length is known: no guessing where it ends
         length = 4 + status_bytes
         if len(buf) < length:
-            return _NEED, 0
+            return NEED, 0
         if _query_end(buf[:length]) == length:
-            return _FRAME, length
+            return FRAME, length
         cut_short = any(b in HEADERS for b in buf[1:length])
-        return _BAD, RejectReason.LENGTH if cut_short else RejectReason.CHECKSUM
+        return BAD, RejectReason.LENGTH if cut_short else RejectReason.CHECKSUM
     end = _query_end(buf)
     if end:
-        return _FRAME, end
+        return FRAME, end
     if len(buf) >= MAX_QUERY_LEN:
-        return _BAD, RejectReason.LENGTH
+        return BAD, RejectReason.LENGTH
     # A whole frame ending exactly at the end of the buffer behind an unfinished reply means that reply
     # was cut short: give it up now instead of holding the good frame until MAX_QUERY_LEN bytes arrive.
     # (Inside a genuine reply of ≤ 3 status bytes no such tail exists; see the module's top.)
     if any(buf[j] in HEADERS and _whole(buf[j:]) for j in range(1, len(buf))):
-        return _BAD, RejectReason.LENGTH
-    return _NEED, 0
+        return BAD, RejectReason.LENGTH
+    return NEED, 0
 
 
 def _query_end(buf: bytearray) -> int:
@@ -211,7 +206,7 @@ def _whole(tail: bytearray) -> bool:
     return _query_end(tail) == len(tail)
 
 
-class Framer:
+class Framer(ResyncFramer):
     """Incremental framing of the reply stream (style.md 7). `feed` returns whole frames and rejects
     and keeps the tail; a garbage run (noise, a truncated or corrupted reply) becomes one Reject, sent
     out just before the next good frame (or at `flush`, or once it reaches MAX_JUNK bytes)."""
@@ -219,55 +214,11 @@ class Framer:
     def __init__(self, status_bytes: int | None = None) -> None:
         """`status_bytes`: how many status bytes this bus's boards send in a query-all reply, where
         config knows it (the verified 8-channel board: 3); None = find the end from the bytes."""
+        super().__init__()
         self.status_bytes = status_bytes
-        self._buf = bytearray()
-        self._junk = bytearray()
-        self._junk_reason = RejectReason.SYNC
 
-    def feed(self, chunk: bytes) -> list[bytes | Reject]:
-        self._buf += chunk
-        return self._scan(final=False)
+    def _start(self, buf: bytearray) -> int:
+        return next((i for i, b in enumerate(buf) if b in HEADERS), -1)
 
-    def flush(self) -> list[bytes | Reject]:
-        """The line has been quiet for the inter-frame gap: what is buffered will not grow."""
-        return self._scan(final=True)
-
-    def _add_junk(self, data: bytes | bytearray, reason: RejectReason) -> None:
-        if not self._junk or _JUNK_RANK[reason] > _JUNK_RANK[self._junk_reason]:
-            self._junk_reason = reason
-        self._junk += data
-
-    def _take_junk(self) -> Reject:
-        reject = Reject(self._junk_reason, f"{len(self._junk)} bytes skipped", bytes(self._junk))
-        self._junk.clear()
-        self._junk_reason = RejectReason.SYNC
-        return reject
-
-    def _scan(self, *, final: bool) -> list[bytes | Reject]:
-        out: list[bytes | Reject] = []
-        buf = self._buf
-        while buf:
-            start = next((i for i, b in enumerate(buf) if b in HEADERS), None)
-            if start is None:
-                self._add_junk(buf, RejectReason.SYNC)
-                buf.clear()
-                break
-            if start:
-                self._add_junk(buf[:start], RejectReason.SYNC)
-                del buf[:start]
-            verdict, value = _candidate(buf, self.status_bytes)
-            if verdict == _FRAME:
-                if self._junk:
-                    out.append(self._take_junk())
-                out.append(bytes(buf[:value]))
-                del buf[:value]
-            elif verdict == _NEED and not final:
-                break
-            else:
-                self._add_junk(buf[:1], value if verdict == _BAD else RejectReason.LENGTH)
-                del buf[:1]
-            if len(self._junk) >= MAX_JUNK:
-                out.append(self._take_junk())
-        if self._junk and (final or len(self._junk) >= MAX_JUNK):
-            out.append(self._take_junk())
-        return out
+    def _candidate(self, buf: bytearray) -> Verdict:
+        return _candidate(buf, self.status_bytes)
