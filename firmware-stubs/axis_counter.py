@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import random
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import orjson
 from counter_truth import CumulativeTruth
-from vivotek_counter import publish_all
+from mqtt_out import add_broker_args, counting_summary, run_street
 
 
 @dataclass
@@ -109,14 +108,9 @@ class Street:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=1883)
+    add_broker_args(ap, interval_s=60)
     ap.add_argument("--cameras", type=int, default=2)
     ap.add_argument("--topic-template", default="axis/{camera}/live-sum")
-    ap.add_argument("--rate", type=float, default=2.0, help="documents per second (0 = as fast as possible)")
-    ap.add_argument("--count", type=int, default=0, help="documents to send (0 = until stopped)")
-    ap.add_argument("--interval-s", type=int, default=60)
-    ap.add_argument("--live", action="store_true")
     ap.add_argument("--reboots", type=float, default=0.0)
     ap.add_argument("--duplicates", type=float, default=0.0)
     ap.add_argument("--stale", type=float, default=0.0)
@@ -131,21 +125,7 @@ def main() -> None:
         stale_ratio=args.stale,
         garbage_ratio=args.garbage,
     )
-    if args.live:
-        now = int(time.time())
-        street.start_s = now - now % args.interval_s
-    try:
-        acked = publish_all(args.host, args.port, street.messages(args.count or 10**12), rate=args.rate)
-    except KeyboardInterrupt:
-        acked = -1
-    summary = {
-        "reports": street.reports,
-        "acked": acked,
-        "truth": {"/".join(k): v for k, v in street.truth.items()},
-        "countable": {"/".join(k): v for k, v in street.countable.items()},
-        "ambiguous": street.totals.ambiguous,
-    }
-    print(orjson.dumps(summary).decode())
+    print(orjson.dumps(counting_summary(street, run_street(args, street))).decode())
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ import argparse
 import base64
 import random
 import struct
-import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from datetime import UTC, datetime
 
 import orjson
 from counter_truth import CumulativeTruth, PeriodTruth
-from vivotek_counter import publish_all
+from mqtt_out import add_broker_args, counting_summary, run_street
 
 WIDTH = {"vs133": 32, "vs350": 16, "vs121": 16}
 TOPICS = {
@@ -277,8 +276,7 @@ class Street:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=1883)
+    add_broker_args(ap, interval_s=600)
     ap.add_argument("--model", choices=sorted(WIDTH), default="vs350")
     ap.add_argument("--devices", type=int, default=3)
     ap.add_argument("--device-prefix", default="ms-")
@@ -286,10 +284,6 @@ def main() -> None:
     ap.add_argument("--style", choices=["totals", "period", "both"], default="totals")
     ap.add_argument("--envelope", choices=sorted(TOPICS), default="chirpstack")
     ap.add_argument("--topic-template", default="", help="placeholders {device} and {eui}")
-    ap.add_argument("--rate", type=float, default=2.0, help="reports per second (0 = as fast as possible)")
-    ap.add_argument("--count", type=int, default=0, help="reports to send (0 = until stopped)")
-    ap.add_argument("--interval-s", type=int, default=600)
-    ap.add_argument("--live", action="store_true", help="start at the current interval instead of 2024-03-09")
     ap.add_argument("--no-midnight-reset", action="store_true")
     ap.add_argument("--reboots", type=float, default=0.0)
     ap.add_argument("--loss", type=float, default=0.0)
@@ -316,21 +310,7 @@ def main() -> None:
         start_total=args.start_total,
         garbage_ratio=args.garbage,
     )
-    if args.live:
-        now = int(time.time())
-        street.start_s = now - now % args.interval_s
-    try:
-        acked = publish_all(args.host, args.port, street.messages(args.count or 10**12), rate=args.rate)
-    except KeyboardInterrupt:
-        acked = -1
-    summary = {
-        "reports": street.reports,
-        "acked": acked,
-        "truth": {"/".join(k): v for k, v in street.truth.items()},
-        "countable": {"/".join(k): v for k, v in street.countable.items()},
-        "ambiguous": street.totals.ambiguous,
-    }
-    print(orjson.dumps(summary).decode())
+    print(orjson.dumps(counting_summary(street, run_street(args, street))).decode())
 
 
 if __name__ == "__main__":

@@ -18,13 +18,12 @@ from __future__ import annotations
 import argparse
 import base64
 import random
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import orjson
-from vivotek_counter import publish_all
+from mqtt_out import add_broker_args, run_street
 
 VENDOR_SAMPLE = (
     b'{"event":"Region People Counting", "report_type": "interval",\n "current_total":10, '
@@ -106,18 +105,13 @@ class Street:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=1883)
+    add_broker_args(ap, interval_s=900)
     ap.add_argument("--sensors", type=int, default=2)
     ap.add_argument("--regions", type=int, default=2)
     ap.add_argument("--topic-template", default="milesight/{sensor}/people")
-    ap.add_argument("--rate", type=float, default=2.0)
-    ap.add_argument("--count", type=int, default=0, help="reports to send (0 = until stopped)")
-    ap.add_argument("--interval-s", type=int, default=900)
     ap.add_argument("--utc-offset-h", type=float, default=8.0)
     ap.add_argument("--dst", action="store_true")
     ap.add_argument("--snapshot", action="store_true", help="attach a base64 image, as HTTP pushes do")
-    ap.add_argument("--live", action="store_true")
     ap.add_argument("--duplicates", type=float, default=0.0)
     ap.add_argument("--garbage", type=float, default=0.0)
     args = ap.parse_args()
@@ -132,13 +126,7 @@ def main() -> None:
         duplicate_ratio=args.duplicates,
         garbage_ratio=args.garbage,
     )
-    if args.live:
-        now = int(time.time())
-        street.start_s = now - now % args.interval_s
-    try:
-        acked = publish_all(args.host, args.port, street.messages(args.count or 10**12), rate=args.rate)
-    except KeyboardInterrupt:
-        acked = -1
+    acked = run_street(args, street)
     last = {s: rows[-1][1] for s, rows in street.truth.items()}
     print(orjson.dumps({"sent": street.sent, "acked": acked, "people_now": last}).decode())
 

@@ -53,3 +53,36 @@ def publish_all(
     finally:
         client.loop_stop()
         client.disconnect()
+
+
+def add_broker_args(ap, *, interval_s: int, rate: float = 2.0) -> None:
+    """The options every MQTT counter emulator takes: broker, pace, count, interval, live start."""
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=1883)
+    ap.add_argument("--rate", type=float, default=rate, help="reports per second (0 = as fast as possible)")
+    ap.add_argument("--count", type=int, default=0, help="reports to send (0 = until stopped)")
+    ap.add_argument("--interval-s", type=int, default=interval_s)
+    ap.add_argument("--live", action="store_true", help="start at the current interval instead of a fixed date")
+
+
+def run_street(args, street) -> int:
+    """Publish `street.messages` as the options say (a --live street starts at the current interval);
+    the count the broker acknowledged, or -1 when interrupted."""
+    if args.live:
+        now = int(time.time())
+        street.start_s = now - now % args.interval_s
+    try:
+        return publish_all(args.host, args.port, street.messages(args.count or 10**12), rate=args.rate)
+    except KeyboardInterrupt:
+        return -1
+
+
+def counting_summary(street, acked: int) -> dict:
+    """What a cumulative-counter emulator prints at the end: ground truth beside what is countable."""
+    return {
+        "reports": street.reports,
+        "acked": acked,
+        "truth": {"/".join(k): v for k, v in street.truth.items()},
+        "countable": {"/".join(k): v for k, v in street.countable.items()},
+        "ambiguous": street.totals.ambiguous,
+    }
