@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lock8a_bank import run_demo
-from lockbank_pty import BankKnobs, Door, PtyLockBank, Request, boards_arg, parse_links_dir
+from lockbank_pty import BankKnobs, Door, PtyLockBank, Request, boards_arg, parse_links_dir, serve
 
 STX, ETX = 0x02, 0x03
 REQUEST_KINDS = {0x30: "status", 0x31: "unlock"}
@@ -91,17 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     board = min(bank.boards)
     for lock in filter(None, a.loaded.split(",")):
         bank.doors[(board, int(lock))].has_item = True
-    with bank:
-        print(bank.link, flush=True)
-        try:
-            if a.scenario == "demo":
-                run_demo(bank, a.duration)
-            else:
-                time.sleep(a.duration)
-        except KeyboardInterrupt:
-            pass
-    for h in bank.truth:
-        print(f"{h.t:.3f} {h.kind} board={h.board} lock={h.lock} {h.detail}".rstrip())
+    serve(bank, a.scenario, a.duration)
 
 
 if __name__ == "__main__":

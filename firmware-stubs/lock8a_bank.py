@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lockbank_pty import BankKnobs, Door, PtyLockBank, Request, boards_arg, parse_links_dir
+from lockbank_pty import BankKnobs, Door, PtyLockBank, Request, boards_arg, parse_links_dir, serve
 
 UNLOCK, QUERY = 0x8A, 0x80
 
@@ -105,26 +104,6 @@ def make_bank(
     )
 
 
-def run_demo(bank: PtyLockBank, duration_s: float) -> None:
-    """A scripted hour in miniature: lock 3 jammed; a forced open of lock 2 left open for 20 s; the
-    controller silent for 10 s; doors opened by the gateway run the deposit / pickup cycle."""
-    board = min(bank.boards)
-    bank.jam(board, 3)
-    steps = [
-        (5.0, lambda: bank.force_open(board, 2)),
-        (25.0, lambda: bank.close_door(board, 2)),
-        (40.0, lambda: bank.go_silent()),
-        (50.0, lambda: bank.resume()),
-    ]
-    start = time.monotonic()
-    for at, action in steps:
-        if at > duration_s:
-            break
-        time.sleep(max(0.0, start + at - time.monotonic()))
-        action()
-    time.sleep(max(0.0, start + duration_s - time.monotonic()))
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--links", help="directory for the by-id style link (default: a new temp dir)")
@@ -149,17 +128,7 @@ def main(argv: list[str] | None = None) -> None:
         status_bytes=a.status_bytes,
         door_closing=a.wiring == "door_closing",
     )
-    with bank:
-        print(bank.link, flush=True)
-        try:
-            if a.scenario == "demo":
-                run_demo(bank, a.duration)
-            else:
-                time.sleep(a.duration)
-        except KeyboardInterrupt:
-            pass
-    for h in bank.truth:
-        print(f"{h.t:.3f} {h.kind} board={h.board} lock={h.lock} {h.detail}".rstrip())
+    serve(bank, a.scenario, a.duration)
 
 
 if __name__ == "__main__":

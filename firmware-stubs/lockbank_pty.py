@@ -314,3 +314,39 @@ def boards_arg(text: str) -> dict[int, int]:
         board, _, count = part.partition(":")
         out[int(board)] = int(count or 8)
     return out
+
+
+def run_demo(bank: PtyLockBank, duration_s: float) -> None:
+    """A scripted hour in miniature: lock 3 jammed; a forced open of lock 2 left open for 20 s; the
+    controller silent for 10 s; doors opened by the gateway run the deposit / pickup cycle."""
+    board = min(bank.boards)
+    bank.jam(board, 3)
+    steps = [
+        (5.0, lambda: bank.force_open(board, 2)),
+        (25.0, lambda: bank.close_door(board, 2)),
+        (40.0, lambda: bank.go_silent()),
+        (50.0, lambda: bank.resume()),
+    ]
+    start = time.monotonic()
+    for at, action in steps:
+        if at > duration_s:
+            break
+        time.sleep(max(0.0, start + at - time.monotonic()))
+        action()
+    time.sleep(max(0.0, start + duration_s - time.monotonic()))
+
+
+def serve(bank: PtyLockBank, scenario: str, duration_s: float) -> None:
+    """What a bank's command line does: the link on stdout, the scenario until the duration or
+    Ctrl-C, then the ground truth (one happening per line)."""
+    with bank:
+        print(bank.link, flush=True)
+        try:
+            if scenario == "demo":
+                run_demo(bank, duration_s)
+            else:
+                time.sleep(duration_s)
+        except KeyboardInterrupt:
+            pass
+    for h in bank.truth:
+        print(f"{h.t:.3f} {h.kind} board={h.board} lock={h.lock} {h.detail}".rstrip())

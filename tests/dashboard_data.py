@@ -7,11 +7,8 @@ Nothing is written to InfluxDB except by the gateways."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -21,7 +18,7 @@ from mqtt_out import publish_all
 from rfid_mqtt_reader import ReaderFleet
 from vivotek_counter import Street as VivotekStreet
 
-from tests.harness import ROOT, gateway_config
+from tests.harness import gateway_config
 
 S = 1_000_000_000
 DAY = 86_400
@@ -50,32 +47,6 @@ class StreetGateway:
     def shop(self) -> str:
         """The street's shop the counters count for (site ids are district-wide)."""
         return f"shop-{self.gateway_id}"
-
-
-def pseudonym_key_file(root: Path) -> Path:
-    """A district secret and the gateway's key file (`sdgw pseudonym-keys`), as the district makes them."""
-    root.mkdir(parents=True, exist_ok=True)
-    secret = root / "district-secret"
-    secret.write_bytes(b"district secret for tests only!!")
-    key_file = root / "pseudonym-keys.json"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gateway.cli",
-            "pseudonym-keys",
-            "--secret-file",
-            str(secret),
-            "--out",
-            str(key_file),
-            "--start",
-            datetime.now(UTC).strftime("%Y-%m-%d"),
-        ],
-        check=True,
-        cwd=ROOT,
-        capture_output=True,
-    )
-    return key_file
 
 
 def street_config(

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 from gateway.localservers import free_port
@@ -159,3 +160,16 @@ class GatewayProcess:
         if self.running:
             with contextlib.suppress(AssertionError):
                 self.stop()
+
+
+def pseudonym_key_file(root: Path) -> Path:
+    """A district secret and the gateway's key file from it (`sdgw pseudonym-keys`, starting today),
+    as the district makes them (decisions.md D13)."""
+    root.mkdir(parents=True, exist_ok=True)
+    secret = root / "district-secret"
+    secret.write_bytes(b"district secret for tests only!!")
+    key_file = root / "pseudonym-keys.json"
+    today = datetime.now(UTC).strftime("%Y-%m-%d")
+    args = ["pseudonym-keys", "--secret-file", str(secret), "--out", str(key_file), "--start", today]
+    subprocess.run([sys.executable, "-m", "gateway.cli", *args], check=True, cwd=ROOT, capture_output=True)
+    return key_file

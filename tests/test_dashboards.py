@@ -34,12 +34,11 @@ from gateway.localservers import free_port
 from tests.dashboard_data import (
     StreetGateway,
     drive_locker_bank,
-    pseudonym_key_file,
     publish_street,
     street_config,
     street_data_landed,
 )
-from tests.harness import ROOT, GatewayProcess, wait_for
+from tests.harness import ROOT, GatewayProcess, pseudonym_key_file, wait_for
 
 BOARDS = build_all()
 DASHBOARDS = ROOT / "dashboards"

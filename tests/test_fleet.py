@@ -22,12 +22,11 @@ from tests.dashboard_data import (
     DISTRICT,
     StreetGateway,
     drive_locker_bank,
-    pseudonym_key_file,
     publish_street,
     street_config,
     street_data_landed,
 )
-from tests.harness import GatewayProcess, wait_for
+from tests.harness import GatewayProcess, pseudonym_key_file, wait_for
 
 pytestmark = pytest.mark.integration
 

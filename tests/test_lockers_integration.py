@@ -6,17 +6,13 @@ and no pickup code, phone number or name anywhere the gateway wrote or answered 
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from datetime import UTC, datetime
-
 import httpx
 import pytest
 from locker_mqtt_bank import MqttLockerBank
 
 from gateway.keys import key_id_of
 from gateway.localservers import free_port
-from tests.harness import ROOT, GatewayProcess, gateway_config, wait_for
+from tests.harness import GatewayProcess, gateway_config, pseudonym_key_file, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -25,26 +21,11 @@ CONFIRM_S = 2.0
 LEFT_OPEN_S = 2.0
 
 
-def _key_file(tmp_path):
-    secret = tmp_path / "district-secret"
-    secret.write_bytes(b"district secret for tests only!!")
-    key_file = tmp_path / "pseudonym-keys.json"
-    today = datetime.now(UTC).strftime("%Y-%m-%d")
-    args = ["pseudonym-keys", "--secret-file", str(secret), "--out", str(key_file), "--start", today]
-    subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args],
-        check=True,
-        cwd=ROOT,
-        capture_output=True,
-    )
-    return key_file
-
-
 def locker_config(tmp_path, mosquitto, influxdb, api_port: int) -> str:
     sink = {"name": "edge", "url": influxdb.url, "dialect": "v1", "database": influxdb.db, "flush_interval_s": 0.1}
     cfg = gateway_config(tmp_path, broker_port=mosquitto.port, sinks=[sink], cameras=[], api_port=api_port)
     return cfg + (
-        f'[privacy]\nkey_file = "{_key_file(tmp_path)}"\n'
+        f'[privacy]\nkey_file = "{pseudonym_key_file(tmp_path)}"\n'
         f"[lockers]\ndoor_left_open_s = {LEFT_OPEN_S}\nopen_confirm_timeout_s = {CONFIRM_S}\n"
         f'[[devices]]\nid = "lockers-a"\nmodel = "open-locker-mqtt"\nsite = "shop-1"\ntopic = "locker/{UUID}/#"\n'
         '[devices.locker]\nbank = "A"\ncompartments = 4\n'

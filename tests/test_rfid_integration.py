@@ -4,17 +4,13 @@ and no clear 125 kHz card number appears anywhere the gateway writes (issue 3)."
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from datetime import UTC, datetime
-
 import httpx
 import pytest
 from m100_reader import M100Reader
 from rdm6300_reader import Rdm6300Reader
 
 from gateway.localservers import free_port
-from tests.harness import ROOT, GatewayProcess, gateway_config, wait_for
+from tests.harness import GatewayProcess, gateway_config, pseudonym_key_file, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -54,27 +50,7 @@ port = "{tmp_path / "by-id" / "m100"}"
 
 def test_rfid_serial_readers_to_presence_api_with_unplug_and_privacy(tmp_path, influxdb):
     (tmp_path / "by-id").mkdir()
-    secret = tmp_path / "district-secret"
-    secret.write_bytes(b"district secret for tests only!!")
-    key_file = tmp_path / "pseudonym-keys.json"
-    today = datetime.now(UTC).strftime("%Y-%m-%d")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gateway.cli",
-            "pseudonym-keys",
-            "--secret-file",
-            str(secret),
-            "--out",
-            str(key_file),
-            "--start",
-            today,
-        ],
-        check=True,
-        cwd=ROOT,
-        capture_output=True,
-    )
+    key_file = pseudonym_key_file(tmp_path)
     api_port = free_port()
     cards = Rdm6300Reader(
         tmp_path / "by-id" / "rdm6300", CARDS, rate_hz=20, noise_ratio=0.05, arrive_p=0.3, depart_p=0.05
@@ -150,26 +126,7 @@ def test_rfid_mqtt_json_reader_to_presence(tmp_path, mosquitto, influxdb):
     sink = {"name": "edge", "url": influxdb.url, "dialect": "v1", "database": influxdb.db, "flush_interval_s": 0.1}
     cfg = gateway_config(tmp_path, broker_port=mosquitto.port, sinks=[sink], cameras=[], api_port=api_port)
     cfg += '[[devices]]\nid = "hub"\nmodel = "rfid-mqtt-json"\nsite = "shop-1"\ntopic = "rfid/hub/reads"\n'
-    key_file = tmp_path / "pseudonym-keys.json"
-    secret = tmp_path / "district-secret"
-    secret.write_bytes(b"district secret for tests only!!")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gateway.cli",
-            "pseudonym-keys",
-            "--secret-file",
-            str(secret),
-            "--out",
-            str(key_file),
-            "--start",
-            datetime.now(UTC).strftime("%Y-%m-%d"),
-        ],
-        check=True,
-        cwd=ROOT,
-        capture_output=True,
-    )
+    key_file = pseudonym_key_file(tmp_path)
     cfg += f'[rfid]\ndepart_after_s = 30\nsummary_interval_s = 5\n[privacy]\nkey_file = "{key_file}"\n'
     with GatewayProcess(tmp_path, cfg) as gw:
         op = gw.cli("keys", "create", "--role", "operator")
